@@ -1,0 +1,223 @@
+//! Request and response bodies.
+//!
+//! A frame body is exactly one [`Request`] (client → server) or one [`Response`] (server → client).
+//! Both enums, and every enum inside them, are append-only: postcard writes a variant as the varint of
+//! its declaration index, so a new message is added at the end and old indices never change. Structs
+//! are encoded as their fields in order; a field is never added to an existing struct (that would
+//! change its encoding): a new variant carrying a new struct is added instead.
+
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Tensor, TensorInfo, MAX_MODELS, MAX_TENSORS};
+
+/// Client → server.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no_std and allocation-free: tensors live inline in bounded lists, so boxing is not an option"
+)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request<'a> {
+    /// Must be the first message on a connection. Index 0.
+    #[serde(borrow)]
+    Hello(Hello<'a>),
+    /// Run a model. Index 1.
+    #[serde(borrow)]
+    Infer(InferRequest<'a>),
+    /// List the served models and versions. Index 2.
+    ListModels {
+        /// Request id echoed in the answer.
+        id: u32,
+    },
+    /// Describe one model's inputs and outputs. Index 3.
+    #[serde(borrow)]
+    ModelInfo(ModelInfoRequest<'a>),
+    /// Liveness check of the connection and server. Index 4.
+    Ping {
+        /// Request id echoed in the `Pong`.
+        id: u32,
+    },
+}
+
+impl Request<'_> {
+    /// The request id, for every message that has one (all but `Hello`).
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Request::Hello(_) => None,
+            Request::Infer(r) => Some(r.id),
+            Request::ListModels { id } | Request::Ping { id } => Some(*id),
+            Request::ModelInfo(r) => Some(r.id),
+        }
+    }
+}
+
+/// Server → client.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no_std and allocation-free: tensors live inline in bounded lists, so boxing is not an option"
+)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response<'a> {
+    /// Answer to `Hello`: the chosen version and the server's limits. Index 0.
+    #[serde(borrow)]
+    Welcome(Welcome<'a>),
+    /// Outputs of a successful `Infer`. Index 1.
+    #[serde(borrow)]
+    InferResult(InferResponse<'a>),
+    /// A request (or, with `id: None`, the connection) failed. Index 2.
+    #[serde(borrow)]
+    Error(ErrorResponse<'a>),
+    /// Answer to `ListModels`. Index 3.
+    #[serde(borrow)]
+    Models(ModelList<'a>),
+    /// Answer to `ModelInfo`. Index 4.
+    #[serde(borrow)]
+    ModelInfo(ModelInfo<'a>),
+    /// Answer to `Ping`. Index 5.
+    Pong {
+        /// The ping's request id.
+        id: u32,
+    },
+}
+
+impl Response<'_> {
+    /// The request id this answers; `None` for `Welcome` and connection-level errors.
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Response::Welcome(_) => None,
+            Response::InferResult(r) => Some(r.id),
+            Response::Error(e) => e.id,
+            Response::Models(m) => Some(m.id),
+            Response::ModelInfo(m) => Some(m.id),
+            Response::Pong { id } => Some(*id),
+        }
+    }
+}
+
+/// Opens a connection: the range of protocol versions the client speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello<'a> {
+    /// Oldest version the client speaks.
+    pub min_version: u8,
+    /// Newest version the client speaks.
+    pub max_version: u8,
+    /// Free-form client name and version, for the server's logs.
+    pub client: &'a str,
+}
+
+/// The server's limits, stated in `Welcome` so a client can stay within them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest frame body the server accepts, and the largest it sends.
+    pub max_frame_bytes: u32,
+    /// Most requests one connection may have outstanding.
+    pub max_in_flight: u32,
+    /// A connection with nothing in flight and no frame for this long is closed.
+    pub idle_timeout_ms: u32,
+}
+
+/// Answer to `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome<'a> {
+    /// The version both sides now speak (the highest in common).
+    pub version: u8,
+    /// Server name and version, e.g. `inferd/0.1.0`.
+    pub server: &'a str,
+    /// The server's limits.
+    pub limits: Limits,
+}
+
+/// Run one model on one set of inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferRequest<'a> {
+    /// Chosen by the client, unique among its outstanding requests on this connection.
+    pub id: u32,
+    /// Model name.
+    pub model: &'a str,
+    /// A specific version, or `None` for the newest served one.
+    pub version: Option<u32>,
+    /// Milliseconds from the server's receipt of this frame after which the result is useless; the
+    /// server then answers `DEADLINE_EXCEEDED` without computing it. `None`: the server's default.
+    pub deadline_ms: Option<u32>,
+    /// Named inputs, in any order.
+    #[serde(borrow)]
+    pub inputs: Vec<Tensor<'a>, MAX_TENSORS>,
+}
+
+/// Outputs of one inference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferResponse<'a> {
+    /// The request's id.
+    pub id: u32,
+    /// Model name.
+    pub model: &'a str,
+    /// The version that computed this answer.
+    pub version: u32,
+    /// Named outputs, in the model's declared order.
+    #[serde(borrow)]
+    pub outputs: Vec<Tensor<'a>, MAX_TENSORS>,
+}
+
+/// A failed request, or with `id: None` a failed connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse<'a> {
+    /// The failed request's id; `None` when the error concerns the connection (framing, handshake).
+    pub id: Option<u32>,
+    /// Machine-readable cause.
+    pub code: ErrorCode,
+    /// Human-readable detail; never contains tensor data.
+    pub message: &'a str,
+}
+
+/// Asks for one model's description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfoRequest<'a> {
+    /// Request id.
+    pub id: u32,
+    /// Model name.
+    pub model: &'a str,
+    /// A specific version, or `None` for the newest.
+    pub version: Option<u32>,
+}
+
+/// One served model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelEntry<'a> {
+    /// Model name.
+    pub name: &'a str,
+    /// Version number.
+    pub version: u32,
+}
+
+/// Answer to `ListModels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList<'a> {
+    /// Request id.
+    pub id: u32,
+    /// Served model versions, sorted by name then version.
+    #[serde(borrow)]
+    pub models: Vec<ModelEntry<'a>, MAX_MODELS>,
+    /// More versions are served than one listing holds.
+    pub truncated: bool,
+}
+
+/// Answer to `ModelInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo<'a> {
+    /// Request id.
+    pub id: u32,
+    /// Model name.
+    pub name: &'a str,
+    /// The version described.
+    pub version: u32,
+    /// The axis along which requests may be batched, if any.
+    pub batch_axis: Option<u8>,
+    /// One-line description from the manifest (may be empty).
+    pub description: &'a str,
+    /// Declared inputs, in the model's order.
+    #[serde(borrow)]
+    pub inputs: Vec<TensorInfo<'a>, MAX_TENSORS>,
+    /// Declared outputs, in the model's order.
+    #[serde(borrow)]
+    pub outputs: Vec<TensorInfo<'a>, MAX_TENSORS>,
+}

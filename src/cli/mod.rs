@@ -1,0 +1,101 @@
+//! The `inferd` command line: `serve`, `infer`, `models`, `ping`.
+//!
+//! Flags are parsed by clap (each with an environment variable); each subcommand lives in its own file
+//! and returns an exit code, errors bubbling up as `anyhow` to `main`.
+
+mod infer;
+mod query;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{BlockingClient, ClientOptions};
+use crate::config::ServeArgs;
+
+/// inferd: a small inference daemon for edge nodes.
+#[derive(Debug, Parser)]
+#[command(name = "inferd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the model repository over TCP.
+    Serve(ServeArgs),
+    /// Run one inference on .npy inputs and print (or save) the outputs.
+    Infer(InferArgs),
+    /// List served models with their inputs and outputs.
+    Models(ClientArgs),
+    /// Check that a server answers, and how fast.
+    Ping(ClientArgs),
+}
+
+/// Where a client subcommand connects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Server address, IP:PORT.
+    #[arg(long, env = "INFERD_ADDR", default_value = "127.0.0.1:7878")]
+    pub addr: SocketAddr,
+    /// Connect and per-request timeout in milliseconds.
+    #[arg(long, env = "INFERD_TIMEOUT_MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+}
+
+impl ClientArgs {
+    fn connect(&self) -> anyhow::Result<BlockingClient> {
+        let t = Duration::from_millis(self.timeout_ms);
+        let options = ClientOptions {
+            connect_timeout: t,
+            request_timeout: t,
+            ..ClientOptions::default()
+        };
+        BlockingClient::connect(self.addr, options)
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.addr))
+    }
+}
+
+/// Flags of `inferd infer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InferArgs {
+    /// Server to ask.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Model name.
+    #[arg(long)]
+    pub model: String,
+    /// Model version (default: the newest served).
+    #[arg(long)]
+    pub version: Option<u32>,
+    /// An input as NAME=FILE.npy; repeat for each input.
+    #[arg(long = "input", value_name = "NAME=FILE.npy", required = true)]
+    pub inputs: Vec<String>,
+    /// Write each output to DIR/<output name>.npy (other characters than letters, digits, '-', '_'
+    /// become '_').
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Deadline in milliseconds; the server refuses the request if it cannot start it in time.
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the subcommand reports; `main` prints it and exits 1.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(&args),
+        Command::Infer(args) => infer::run(&args),
+        Command::Models(args) => query::models(&args),
+        Command::Ping(args) => query::ping(&args),
+    }
+}

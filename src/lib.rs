@@ -1,0 +1,34 @@
+//! inferd: a small inference daemon for edge nodes.
+//!
+//! Module map (the path of one request is in `doc/ARCHITECTURE.md`):
+//! - [`config`]: serve settings from flags, environment and an optional TOML file; validated, resolved.
+//! - [`server`]: accept loop, connections, framing with timeouts, graceful shutdown.
+//! - [`scheduler`]: the bounded job queue and the dedicated inference worker threads.
+//! - [`model`]: the model repository, manifests, input validation and the tract runtime (the only
+//!   module that names tract).
+//! - [`client`]: async client with pipelining and deadlines, plus a blocking wrapper.
+//! - [`cli`]: the `inferd` subcommands.
+//! - [`tensor`], [`npy`]: owned tensors and numpy files.
+//! - [`error`]: request errors and their wire codes.
+//! - [`framed`]: whole frames over any async stream, under timeouts (server and client).
+//! - [`logging`]: `env_logger` set up for a terminal or for journald.
+//!
+//! The wire types themselves live in the `no_std` crate [`inferd_proto`].
+
+#[cfg(target_endian = "big")]
+compile_error!("inferd copies little-endian wire tensors directly into memory; big-endian hosts are unsupported");
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod framed;
+pub mod logging;
+pub mod model;
+pub mod npy;
+pub mod scheduler;
+pub mod server;
+pub mod tensor;
+mod tracker;
+
+pub use inferd_proto as proto;

@@ -1,0 +1,265 @@
+//! The one module that names tract: loading an ONNX file into an optimised plan, and running it.
+//!
+//! Everything outside speaks [`IoSpec`] and [`HostTensor`]; swapping the engine means rewriting this
+//! file alone. Loading happens once, before a model is served (tract's optimiser can cost more than a
+//! run, so it never happens on a request path). A plan is immutable and shared by all worker threads;
+//! each run spawns its own state.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use inferd_proto::DType;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue,
+    TVec, Tensor, TypedFact, TypedSimplePlan,
+};
+use tract_onnx::tract_hir::infer::Factoid;
+
+use super::{DimSpec, IoSpec};
+use crate::tensor::HostTensor;
+
+/// A loaded, optimised model, ready to run on any thread.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    plan: Arc<TypedSimplePlan>,
+    inputs: Vec<IoSpec>,
+    outputs: Vec<IoSpec>,
+}
+
+/// A run that failed inside the engine (the request was valid for the model's declared facts).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RunError(pub String);
+
+impl Runtime {
+    /// Loads and optimises `model.onnx`. `facts`, if given (from a manifest), replaces the input facts the
+    /// file declares; it must name every input. Without it, dimensions the file leaves unnamed become
+    /// fresh symbols (`<input>_<axis>`), resolved per request.
+    ///
+    /// # Errors
+    /// A message for the operator: unreadable file, unsupported operator or dtype, a manifest that
+    /// contradicts the graph.
+    pub fn load(path: &Path, facts: Option<&[IoSpec]>) -> Result<Runtime, String> {
+        // torch-dynamo exports name symbolic dimensions in value_info in ways that clash with the facts
+        // we set; ignoring value_info is what tract recommends and costs nothing for other exporters.
+        let mut model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(path)
+            .map_err(|e| format!("{e:#}"))?;
+        let input_count = model.input_outlets().map_err(|e| format!("{e:#}"))?.len();
+        for ix in 0..input_count {
+            let outlet = model.input_outlets().map_err(|e| format!("{e:#}"))?[ix];
+            let name = model.node(outlet.node).name.clone();
+            let spec = match facts {
+                Some(facts) => facts
+                    .iter()
+                    .find(|f| f.name == name)
+                    .cloned()
+                    .ok_or_else(|| format!("the manifest does not describe input {name:?}"))?,
+                None => declared_input(
+                    &model.input_fact(ix).map_err(|e| format!("{e:#}"))?.clone(),
+                    &name,
+                )?,
+            };
+            let dims: TVec<TDim> = spec
+                .shape
+                .iter()
+                .map(|d| match d {
+                    DimSpec::Fixed(n) => usize::try_from(*n)
+                        .map(TDim::from)
+                        .map_err(|_| "dimension overflows".to_string()),
+                    DimSpec::Symbol(s) => Ok(TDim::Sym(model.symbols.sym(s))),
+                })
+                .collect::<Result<_, _>>()?;
+            let fact = TypedFact::dt_shape(to_tract(spec.dtype), dims);
+            model
+                .set_input_fact(ix, InferenceFact::from(fact))
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        if let Some(facts) = facts {
+            if facts.len() != input_count {
+                return Err(format!(
+                    "the manifest describes {} inputs, the model has {input_count}",
+                    facts.len()
+                ));
+            }
+        }
+        let typed = model.into_optimized().map_err(|e| format!("{e:#}"))?;
+        let mut inputs = Vec::with_capacity(input_count);
+        for (ix, outlet) in typed
+            .input_outlets()
+            .map_err(|e| format!("{e:#}"))?
+            .iter()
+            .enumerate()
+        {
+            let fact = typed.input_fact(ix).map_err(|e| format!("{e:#}"))?;
+            inputs.push(spec_of(&typed.node(outlet.node).name, fact)?);
+        }
+        let mut outputs = Vec::new();
+        for (ix, outlet) in typed
+            .output_outlets()
+            .map_err(|e| format!("{e:#}"))?
+            .iter()
+            .enumerate()
+        {
+            let name = typed
+                .outlet_label(*outlet)
+                .map(str::to_owned)
+                .unwrap_or_else(|| typed.node(outlet.node).name.clone());
+            let fact = typed.output_fact(ix).map_err(|e| format!("{e:#}"))?;
+            outputs.push(spec_of(&name, fact)?);
+        }
+        let plan = typed.into_runnable().map_err(|e| format!("{e:#}"))?;
+        Ok(Runtime {
+            plan,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// Declared inputs, in the model's order.
+    pub fn inputs(&self) -> &[IoSpec] {
+        &self.inputs
+    }
+
+    /// Declared outputs, in the model's order.
+    pub fn outputs(&self) -> &[IoSpec] {
+        &self.outputs
+    }
+
+    /// Runs the model. `inputs` must already be validated and in the model's input order
+    /// (see `validate`): dtypes match and byte lengths match shapes.
+    ///
+    /// # Errors
+    /// [`RunError`] if tract fails (e.g. a shape the graph cannot take despite matching the facts).
+    pub fn run(&self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, RunError> {
+        let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
+        for input in inputs {
+            let shape: Vec<usize> = input
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d).map_err(|_| RunError("dimension overflows".into())))
+                .collect::<Result<_, _>>()?;
+            let mut tensor = Tensor::zero_dt(to_tract(input.dtype), &shape)
+                .map_err(|e| RunError(format!("{e:#}")))?;
+            let bytes = tensor.as_bytes_mut();
+            if bytes.len() != input.data.len() {
+                return Err(RunError(format!(
+                    "input {:?}: byte length mismatch",
+                    input.name
+                )));
+            }
+            bytes.copy_from_slice(&input.data);
+            values.push(tensor.into());
+        }
+        let results = self
+            .plan
+            .run(values)
+            .map_err(|e| RunError(format!("{e:#}")))?;
+        results
+            .into_iter()
+            .zip(&self.outputs)
+            .map(|(value, spec)| {
+                let mut tensor = value.into_tensor();
+                if tensor.datum_type() == DatumType::TDim {
+                    // tract computes some integer outputs (an ArgMax label) symbolically; they are
+                    // plain integers by the time they are outputs.
+                    tensor = tensor
+                        .cast_to_dt(DatumType::I64)
+                        .map_err(|e| RunError(format!("{e:#}")))?
+                        .into_owned();
+                }
+                let dtype = from_tract(tensor.datum_type()).ok_or_else(|| {
+                    RunError(format!("output {:?} has unsupported dtype", spec.name))
+                })?;
+                Ok(HostTensor {
+                    name: spec.name.clone(),
+                    dtype,
+                    shape: tensor.shape().iter().map(|&d| d as u64).collect(),
+                    data: tensor.as_bytes().to_vec(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The facts an ONNX file declares for one input, with unnamed dimensions replaced by fresh symbols.
+fn declared_input(fact: &InferenceFact, name: &str) -> Result<IoSpec, String> {
+    let dt = fact
+        .datum_type
+        .concretize()
+        .ok_or_else(|| format!("input {name:?} declares no dtype; add a model.toml"))?;
+    let dtype =
+        from_tract(dt).ok_or_else(|| format!("input {name:?} has unsupported dtype {dt:?}"))?;
+    if fact.shape.is_open() {
+        return Err(format!("input {name:?} declares no rank; add a model.toml"));
+    }
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let shape = fact
+        .shape
+        .dims()
+        .enumerate()
+        .map(|(axis, d)| match d.concretize() {
+            Some(TDim::Val(n)) if n >= 0 => DimSpec::Fixed(n as u64),
+            Some(TDim::Sym(s)) => DimSpec::Symbol(s.to_string()),
+            _ => DimSpec::Symbol(format!("{safe}_{axis}")),
+        })
+        .collect();
+    Ok(IoSpec {
+        name: name.to_owned(),
+        dtype,
+        shape,
+    })
+}
+
+fn spec_of(name: &str, fact: &TypedFact) -> Result<IoSpec, String> {
+    // Symbolic integers (TDim) are served as i64, converted in `run`.
+    let dt = if fact.datum_type == DatumType::TDim {
+        DatumType::I64
+    } else {
+        fact.datum_type
+    };
+    let dtype = from_tract(dt).ok_or_else(|| {
+        format!(
+            "{name:?} has dtype {:?}, which the protocol cannot carry",
+            fact.datum_type
+        )
+    })?;
+    let shape = fact
+        .shape
+        .iter()
+        .map(|d| match d.to_i64() {
+            Ok(n) if n >= 0 => DimSpec::Fixed(n as u64),
+            _ => DimSpec::Symbol(d.to_string()),
+        })
+        .collect();
+    Ok(IoSpec {
+        name: name.to_owned(),
+        dtype,
+        shape,
+    })
+}
+
+fn to_tract(dtype: DType) -> DatumType {
+    match dtype {
+        DType::F32 => DatumType::F32,
+        DType::F16 => DatumType::F16,
+        DType::F64 => DatumType::F64,
+        DType::I8 => DatumType::I8,
+        DType::I16 => DatumType::I16,
+        DType::I32 => DatumType::I32,
+        DType::I64 => DatumType::I64,
+        DType::U8 => DatumType::U8,
+        DType::U16 => DatumType::U16,
+        DType::U32 => DatumType::U32,
+        DType::U64 => DatumType::U64,
+        DType::Bool => DatumType::Bool,
+    }
+}
+
+fn from_tract(dt: DatumType) -> Option<DType> {
+    DType::ALL.into_iter().find(|d| to_tract(*d) == dt)
+}

@@ -1,0 +1,114 @@
+//! Starting servers for tests: the shipped models plus test fixtures, on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use inferd::config::{ServeArgs, ServeConfig};
+use inferd::model::Registry;
+use inferd::server::{Server, ServerHandle};
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A repository holding every shipped model and the test fixtures (as symlinks), built once.
+pub fn models_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("inferd-it-models-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for parent in [
+            repo_root().join("models"),
+            repo_root().join("tests/fixtures/models"),
+        ] {
+            for entry in std::fs::read_dir(&parent).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    std::os::unix::fs::symlink(&path, dir.join(path.file_name().unwrap())).unwrap();
+                }
+            }
+        }
+        dir
+    })
+}
+
+/// The registry of [`models_dir`], loaded once and shared by every in-process server.
+pub fn registry() -> Arc<Registry> {
+    static REG: OnceLock<Arc<Registry>> = OnceLock::new();
+    Arc::clone(
+        REG.get_or_init(|| Arc::new(Registry::load(models_dir()).expect("test models load"))),
+    )
+}
+
+/// A base config: port 0, the test repository, two workers.
+pub fn config() -> ServeConfig {
+    let args = ServeArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        models: Some(models_dir().to_path_buf()),
+        workers: Some(2),
+        ..ServeArgs::default()
+    };
+    ServeConfig::resolve(&args).unwrap()
+}
+
+/// An in-process server, shut down and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::with(|_| {})
+    }
+
+    pub fn with(adjust: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let mut config = config();
+        adjust(&mut config);
+        let server = Server::bind(config, registry()).expect("binds");
+        let addr = server.local_addr().unwrap();
+        let handle = server.handle();
+        let thread = std::thread::spawn(move || server.run());
+        TestServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts down and waits for `run` to return.
+    pub fn stop(mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads an `.npy` file of the repository.
+pub fn npy(path: impl AsRef<Path>, name: &str) -> inferd::tensor::HostTensor {
+    let path = repo_root().join(path);
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    inferd::npy::read(std::io::BufReader::new(file), name).unwrap()
+}
+
+pub fn digits_input() -> inferd::tensor::HostTensor {
+    npy("models/digits-mlp/1/sample/X.npy", "X")
+}
+
+pub fn ppocr_input() -> inferd::tensor::HostTensor {
+    npy("models/ppocr-cls/1/sample/x.npy", "x")
+}

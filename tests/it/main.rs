@@ -1,0 +1,16 @@
+//! The integration test binary: real servers on 127.0.0.1:0, real models, real clients.
+//!
+//! One binary (faster to link than one per file); each module is one area of behaviour.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a panic is how a test fails"
+)]
+
+mod errors;
+mod harness;
+mod load;
+mod models;
+mod raw;
+mod shutdown;

@@ -1,0 +1,207 @@
+//! Every shipped model against its onnxruntime reference, over the wire; the CLI round trip; a model
+//! with two inputs of different dtypes and symbolic dimensions; listings and descriptions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use inferd::client::{BlockingClient, ClientOptions};
+use inferd::model::manifest::Manifest;
+use inferd::model::DimSpec;
+use inferd::npy::file_stem;
+use inferd::proto::DType;
+use inferd::tensor::HostTensor;
+
+use crate::harness::{npy, repo_root, TestServer};
+
+/// `models/<name>/1` for every shipped model.
+fn shipped() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo_root().join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("1"))
+        .filter(|p| p.join("model.onnx").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn sample_inputs(dir: &Path) -> Vec<HostTensor> {
+    let mut inputs: Vec<HostTensor> = std::fs::read_dir(dir.join("sample"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_str().unwrap().to_owned();
+            npy(&p, &name)
+        })
+        .collect();
+    inputs.sort_by(|a, b| a.name.cmp(&b.name));
+    inputs
+}
+
+/// Asserts `got` matches the reference within `abs` (floats) or exactly (integers).
+pub fn assert_close(got: &HostTensor, want: &HostTensor, abs: f64, what: &str) {
+    assert_eq!(got.dtype, want.dtype, "{what}: dtype");
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    match got.dtype {
+        DType::F32 => {
+            let (g, w) = (got.as_f32().unwrap(), want.as_f32().unwrap());
+            let worst = g
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| f64::from((a - b).abs()))
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= abs,
+                "{what}: max abs difference {worst:e} exceeds {abs:e}"
+            );
+        }
+        _ => assert_eq!(
+            got.data, want.data,
+            "{what}: integer outputs must match exactly"
+        ),
+    }
+}
+
+#[test]
+fn every_shipped_model_reproduces_its_reference() {
+    let server = TestServer::start();
+    let client = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
+    let dirs = shipped();
+    assert!(
+        dirs.len() >= 5,
+        "expected the shipped models, found {dirs:?}"
+    );
+    for dir in dirs {
+        let name = dir.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        let manifest = Manifest::load(&dir)
+            .unwrap()
+            .expect("shipped models have a manifest");
+        let tolerance = manifest
+            .tolerance
+            .expect("shipped manifests state a tolerance");
+        assert!(
+            !tolerance.reason.is_empty(),
+            "{name}: the tolerance needs a reason"
+        );
+        let out = client
+            .infer(name, Some(1), &sample_inputs(&dir), None)
+            .unwrap();
+        assert_eq!((out.model.as_str(), out.version), (name, 1));
+        for t in &out.outputs {
+            let want = npy(
+                dir.join("reference")
+                    .join(format!("{}.npy", file_stem(&t.name))),
+                &t.name,
+            );
+            assert_close(t, &want, tolerance.abs, &format!("{name}/{}", t.name));
+        }
+        let expected_outputs = std::fs::read_dir(dir.join("reference")).unwrap().count();
+        assert_eq!(
+            out.outputs.len(),
+            expected_outputs,
+            "{name}: every reference output is produced"
+        );
+    }
+}
+
+#[test]
+fn cli_infer_writes_outputs_that_match_the_reference() {
+    let server = TestServer::start();
+    let out_dir = std::env::temp_dir().join(format!("inferd-it-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let dir = repo_root().join("models/ppocr-cls/1");
+    let status = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args([
+            "infer",
+            "--addr",
+            &server.addr.to_string(),
+            "--model",
+            "ppocr-cls",
+            "--input",
+        ])
+        .arg(format!("x={}", dir.join("sample/x.npy").display()))
+        .arg("--output")
+        .arg(&out_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The output is called "save_infer_model/scale_0.tmp_1": '/' and '.' become '_'.
+    let name = "save_infer_model_scale_0_tmp_1";
+    let got = npy(out_dir.join(format!("{name}.npy")), name);
+    let want = npy(dir.join(format!("reference/{name}.npy")), name);
+    assert_close(&got, &want, 1e-4, "ppocr-cls via the CLI");
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
+#[test]
+fn two_inputs_of_different_dtypes_with_symbolic_dimensions() {
+    let server = TestServer::start();
+    let client = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
+    // batch = 2, seq = 3
+    let ids = HostTensor::from_i64("ids", &[2, 3], &[1, 2, 3, 10, 20, 30]);
+    let mask = HostTensor::from_f32("mask", &[2, 3], &[1.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+    let out = client
+        .infer("masked-sum", None, &[mask.clone(), ids], None)
+        .unwrap();
+    assert_eq!(
+        out.output("masked_sum").unwrap().as_f32().unwrap(),
+        vec![4.0, 30.0]
+    );
+    assert_eq!(out.output("kept").unwrap().as_i64().unwrap(), vec![2, 1]);
+    // Other sizes for the same symbols, resolved per request: batch = 1, seq = 5.
+    let ids = HostTensor::from_i64("ids", &[1, 5], &[5, 6, 7, 8, 9]);
+    let mask = HostTensor::from_f32("mask", &[1, 5], &[1.0; 5]);
+    let out = client
+        .infer("masked-sum", None, &[ids, mask], None)
+        .unwrap();
+    assert_eq!(
+        out.output("masked_sum").unwrap().as_f32().unwrap(),
+        vec![35.0]
+    );
+    assert_eq!(out.output("kept").unwrap().as_i64().unwrap(), vec![5]);
+}
+
+#[test]
+fn listing_and_descriptions() {
+    let server = TestServer::start();
+    let client = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
+    let listing = client.list_models().unwrap();
+    let names: Vec<&str> = listing.models.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in [
+        "digits-mlp",
+        "digits-mlp-int8",
+        "masked-sum",
+        "ppocr-cls",
+        "silero-vad",
+        "silero-vad-int8",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(!listing.truncated);
+
+    let digits = client.model_info("digits-mlp", None).unwrap();
+    assert_eq!(digits.batch_axis, Some(0));
+    assert_eq!(
+        digits.inputs[0].shape,
+        vec![DimSpec::Symbol("N".into()), DimSpec::Fixed(64)]
+    );
+    assert_eq!(
+        digits.outputs.iter().map(|o| o.dtype).collect::<Vec<_>>(),
+        vec![DType::I64, DType::F32]
+    );
+
+    // No manifest: the facts come from the ONNX file, symbols included.
+    let bare = client.model_info("masked-sum", Some(1)).unwrap();
+    assert_eq!(bare.inputs[0].dtype, DType::I64);
+    assert_eq!(bare.inputs[1].dtype, DType::F32);
+    assert_eq!(
+        bare.inputs[0].shape,
+        vec![
+            DimSpec::Symbol("batch".into()),
+            DimSpec::Symbol("seq".into())
+        ]
+    );
+    assert_eq!(bare.description, "");
+}

@@ -1,0 +1,114 @@
+//! SIGTERM with requests in flight: all answered, new ones refused, exit status 0. Runs the real
+//! binary, since signals are part of what is tested.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use inferd::proto::ErrorCode;
+
+use crate::harness::{models_dir, ppocr_input, TestServer};
+use crate::raw::{Got, Raw};
+
+/// Waits for a log line containing `needle`, returning it.
+fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--models")
+        .arg(models_dir())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_for(&lines, "listening on ");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let mut raw = Raw::ready(addr);
+    let x = ppocr_input();
+    const N: u32 = 60;
+    for id in 0..N {
+        raw.infer(id, "ppocr-cls", std::slice::from_ref(&x));
+    }
+    // One answer back means the server is working through the queue (one worker, milliseconds each).
+    let mut answers = vec![raw.recv().unwrap()];
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(&lines, "shutdown began");
+    // A request after shutdown began is refused, on the same connection.
+    raw.infer(1000, "ppocr-cls", std::slice::from_ref(&x));
+    while let Some(got) = raw.recv() {
+        answers.push(got);
+    }
+    let refused: Vec<&Got> = answers.iter().filter(|g| g.code().is_some()).collect();
+    let served = answers
+        .iter()
+        .filter(|g| matches!(g, Got::Result { .. }))
+        .count();
+    assert_eq!(
+        refused.len(),
+        1,
+        "only the late request is refused: {refused:?} ({served} served)"
+    );
+    assert!(matches!(
+        refused[0],
+        Got::Error {
+            id: Some(1000),
+            code: ErrorCode::SHUTTING_DOWN,
+            ..
+        }
+    ));
+    assert_eq!(served, N as usize, "every in-flight request is answered");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn in_process_shutdown_stops_accepting() {
+    let server = TestServer::start();
+    let addr = server.addr;
+    server.stop();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is closed after shutdown"
+    );
+}
