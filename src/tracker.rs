@@ -1,4 +1,5 @@
-//! A counter of live things (connections, in-flight requests) that can be waited on until it is zero.
+//! A counter of live things (connections) that can be waited on until it is zero, and the wait-on-an-
+//! event helper the shutdown latch and in-flight sets share.
 //!
 //! Shutdown is "stop admitting, then wait for the count to drain": each admitted thing holds a
 //! [`Guard`], and dropping the last guard wakes whoever waits.
@@ -46,16 +47,22 @@ impl Tracker {
 
     /// Resolves once no unit is held.
     pub async fn wait_zero(&self) {
-        loop {
-            if self.count() == 0 {
-                return;
-            }
-            let listener = self.zero.listen();
-            if self.count() == 0 {
-                return;
-            }
-            listener.await;
+        wait_until(&self.zero, || self.count() == 0).await;
+    }
+}
+
+/// Resolves once `done()` holds, re-checking each time `event` fires. The condition is checked again
+/// after registering the listener, so a notification between check and listen is never missed.
+pub async fn wait_until(event: &Event, done: impl Fn() -> bool) {
+    loop {
+        if done() {
+            return;
         }
+        let listener = event.listen();
+        if done() {
+            return;
+        }
+        listener.await;
     }
 }
 

@@ -526,15 +526,6 @@ impl InFlight {
     }
 
     async fn wait_empty(&self) {
-        loop {
-            if self.is_empty() {
-                return;
-            }
-            let listener = self.emptied.listen();
-            if self.is_empty() {
-                return;
-            }
-            listener.await;
-        }
+        crate::tracker::wait_until(&self.emptied, || self.is_empty()).await;
     }
 }

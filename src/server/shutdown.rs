@@ -28,15 +28,6 @@ impl Shutdown {
 
     /// Resolves once shutdown has begun.
     pub async fn wait(&self) {
-        loop {
-            if self.is_triggered() {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.is_triggered() {
-                return;
-            }
-            listener.await;
-        }
+        crate::tracker::wait_until(&self.event, || self.is_triggered()).await;
     }
 }

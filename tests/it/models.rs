@@ -49,6 +49,9 @@ pub fn assert_close(got: &HostTensor, want: &HostTensor, abs: f64, what: &str) {
                 .zip(&w)
                 .map(|(a, b)| f64::from((a - b).abs()))
                 .fold(0.0, f64::max);
+            eprintln!(
+                "{what}: max abs difference from the reference {worst:e} (tolerance {abs:e})"
+            );
             assert!(
                 worst <= abs,
                 "{what}: max abs difference {worst:e} exceeds {abs:e}"
@@ -104,32 +107,63 @@ fn every_shipped_model_reproduces_its_reference() {
 }
 
 #[test]
-fn cli_infer_writes_outputs_that_match_the_reference() {
+fn cli_infer_on_each_sample_reproduces_the_reference() {
     let server = TestServer::start();
-    let out_dir = std::env::temp_dir().join(format!("inferd-it-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out_dir);
-    let dir = repo_root().join("models/ppocr-cls/1");
-    let status = Command::new(env!("CARGO_BIN_EXE_inferd"))
-        .args([
+    for dir in shipped() {
+        let name = dir
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let tolerance = Manifest::load(&dir)
+            .unwrap()
+            .unwrap()
+            .tolerance
+            .unwrap()
+            .abs;
+        let out_dir =
+            std::env::temp_dir().join(format!("inferd-it-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferd"));
+        cmd.args([
             "infer",
             "--addr",
             &server.addr.to_string(),
             "--model",
-            "ppocr-cls",
-            "--input",
-        ])
-        .arg(format!("x={}", dir.join("sample/x.npy").display()))
-        .arg("--output")
-        .arg(&out_dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // The output is called "save_infer_model/scale_0.tmp_1": '/' and '.' become '_'.
-    let name = "save_infer_model_scale_0_tmp_1";
-    let got = npy(out_dir.join(format!("{name}.npy")), name);
-    let want = npy(dir.join(format!("reference/{name}.npy")), name);
-    assert_close(&got, &want, 1e-4, "ppocr-cls via the CLI");
-    std::fs::remove_dir_all(&out_dir).unwrap();
+            &name,
+        ]);
+        for input in sample_inputs(&dir) {
+            cmd.arg("--input").arg(format!(
+                "{}={}",
+                input.name,
+                dir.join(format!("sample/{}.npy", input.name)).display()
+            ));
+        }
+        let output = cmd.arg("--output").arg(&out_dir).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Every reference output was written under its file name (for ppocr-cls,
+        // "save_infer_model/scale_0.tmp_1" becomes save_infer_model_scale_0_tmp_1.npy).
+        for reference in std::fs::read_dir(dir.join("reference")).unwrap() {
+            let reference = reference.unwrap().path();
+            let file = reference.file_name().unwrap();
+            let got = npy(out_dir.join(file), "out");
+            let want = npy(&reference, "out");
+            assert_close(
+                &got,
+                &want,
+                tolerance,
+                &format!("{name} via the CLI, {}", file.to_string_lossy()),
+            );
+        }
+        std::fs::remove_dir_all(&out_dir).unwrap();
+    }
 }
 
 #[test]
