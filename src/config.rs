@@ -11,10 +11,32 @@ use serde::Deserialize;
 /// Flags of `inferd serve`. Every flag has an `INFERD_*` environment variable; both override the file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on, as IP:PORT (no host names: a static binary does not resolve them).
-    /// [default: 127.0.0.1:7878]
+    /// Plain TCP address to listen on, as IP:PORT (no host names: a static binary does not resolve
+    /// them), or `off` to serve TLS only. [default: 127.0.0.1:7878]
     #[arg(long, env = "INFERD_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
+    /// TLS address to listen on, IP:PORT; needs --tls-cert and --tls-key. [default: none]
+    #[arg(long, env = "INFERD_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Server certificate chain (PEM) for the TLS listener.
+    #[arg(long, env = "INFERD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM) for the TLS listener.
+    #[arg(long, env = "INFERD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to; setting it makes client certificates
+    /// mandatory on the TLS listener (mutual TLS).
+    #[arg(long, env = "INFERD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for client certificates; needs --tls-client-ca.
+    #[arg(long, env = "INFERD_TLS_CRL")]
+    pub tls_crl: Option<PathBuf>,
+    /// Also accept TLS 1.2 clients (TLS 1.3 only by default).
+    #[arg(long, env = "INFERD_TLS_ALLOW_TLS12")]
+    pub tls_allow_tls12: bool,
+    /// Access policy (TOML): which identities may use which models. [default: everyone, everything]
+    #[arg(long, env = "INFERD_ACCESS")]
+    pub access: Option<PathBuf>,
     /// Model repository: <models>/<name>/<version>/model.onnx. [default: ./models]
     #[arg(long, env = "INFERD_MODELS")]
     pub models: Option<PathBuf>,
@@ -65,7 +87,14 @@ pub struct ServeArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    listen: Option<SocketAddr>,
+    listen: Option<Listen>,
+    tls_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_crl: Option<PathBuf>,
+    tls_allow_tls12: Option<bool>,
+    access: Option<PathBuf>,
     models: Option<PathBuf>,
     workers: Option<usize>,
     io_threads: Option<usize>,
@@ -83,8 +112,12 @@ struct FileConfig {
 /// Resolved, validated settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
-    /// Listen address.
-    pub listen: SocketAddr,
+    /// Plain TCP listen address, if any.
+    pub listen: Option<SocketAddr>,
+    /// TLS listener, if any.
+    pub tls: Option<TlsListen>,
+    /// Access policy file, if any.
+    pub access: Option<PathBuf>,
     /// Model repository root.
     pub models: PathBuf,
     /// Inference worker threads.
@@ -109,6 +142,46 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Deadline for requests that set none; the longest a request may ask for.
     pub default_deadline: Duration,
+}
+
+/// A plain listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Listen {
+    /// Listen here.
+    At(SocketAddr),
+    /// No plain TCP listener.
+    Off,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::At)
+            .map_err(|e| format!("{s:?}: {e} (expected IP:PORT or off)"))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// The TLS listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListen {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Certificate, key, client CA, CRL, versions.
+    pub files: crate::server::tls::TlsFiles,
 }
 
 /// A setting out of range, or an unreadable file.
@@ -148,11 +221,36 @@ impl ServeConfig {
         let cores = std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1);
+        let listen = match args.listen.or(file.listen) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 7878))),
+            Some(Listen::At(addr)) => Some(addr),
+            Some(Listen::Off) => None,
+        };
+        let tls_listen = args.tls_listen.or(file.tls_listen);
+        let tls_cert = args.tls_cert.clone().or(file.tls_cert);
+        let tls_key = args.tls_key.clone().or(file.tls_key);
+        let tls = match (tls_listen, tls_cert, tls_key) {
+            (None, None, None) => None,
+            (Some(addr), Some(cert), Some(key)) => Some(TlsListen {
+                addr,
+                files: crate::server::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.tls_client_ca.clone().or(file.tls_client_ca),
+                    crl: args.tls_crl.clone().or(file.tls_crl),
+                    allow_tls12: args.tls_allow_tls12 || file.tls_allow_tls12.unwrap_or(false),
+                },
+            }),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "TLS needs all of tls_listen, tls_cert and tls_key".into(),
+                ))
+            }
+        };
         let config = ServeConfig {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7878))),
+            listen,
+            tls,
+            access: args.access.clone().or(file.access),
             models: args
                 .models
                 .clone()
@@ -201,6 +299,10 @@ impl ServeConfig {
                 Err(ConfigError::Invalid(what.to_owned()))
             }
         };
+        check(
+            self.listen.is_some() || self.tls.is_some(),
+            "listen is off and there is no TLS listener",
+        )?;
         check(
             (1..=1024).contains(&self.workers),
             "workers must be 1..=1024",
@@ -269,7 +371,8 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = ServeConfig::resolve(&ServeArgs::default()).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7878");
+        assert_eq!(c.listen, Some("127.0.0.1:7878".parse().unwrap()));
+        assert_eq!(c.tls, None);
         assert_eq!(c.models, PathBuf::from("models"));
         assert_eq!(c.max_frame_bytes, 4 << 20);
     }
@@ -291,6 +394,34 @@ mod tests {
         let err = ServeConfig::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_settings_come_together() {
+        let only_cert = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            ..ServeArgs::default()
+        };
+        assert!(ServeConfig::resolve(&only_cert)
+            .unwrap_err()
+            .to_string()
+            .contains("TLS needs"));
+        let tls_only = ServeArgs {
+            listen: Some("off".parse().unwrap()),
+            tls_listen: Some("127.0.0.1:7443".parse().unwrap()),
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&tls_only).unwrap();
+        assert_eq!(c.listen, None);
+        assert!(!c.tls.unwrap().files.allow_tls12);
+        let nothing = ServeArgs {
+            listen: Some(Listen::Off),
+            ..ServeArgs::default()
+        };
+        assert!(ServeConfig::resolve(&nothing).is_err());
+        assert!("localhost:1".parse::<Listen>().is_err());
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //!
 //! Module map (the path of one request is in `doc/ARCHITECTURE.md`):
 //! - [`config`]: serve settings from flags, environment and an optional TOML file; validated, resolved.
-//! - [`server`]: accept loop, connections, framing with timeouts, graceful shutdown.
+//! - [`server`]: accept loops (plain and TLS), connections, access policy, graceful shutdown.
 //! - [`scheduler`]: the bounded job queue and the dedicated inference worker threads.
 //! - [`model`]: the model repository, manifests, input validation and the tract runtime (the only
 //!   module that names tract).
-//! - [`client`]: async client with pipelining and deadlines, plus a blocking wrapper.
+//! - [`client`]: async client with pipelining, deadlines and TLS, plus a blocking wrapper.
+//! - [`certs`]: development CA, server and device certificates (rcgen).
 //! - [`cli`]: the `inferd` subcommands.
 //! - [`tensor`], [`npy`]: owned tensors and numpy files.
 //! - [`error`]: request errors and their wire codes.
@@ -18,6 +19,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("inferd copies little-endian wire tensors directly into memory; big-endian hosts are unsupported");
 
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;

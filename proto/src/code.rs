@@ -64,6 +64,8 @@ codes! {
     BAD_TENSOR_DATA = 16, "bad_tensor_data";
     /// The request id is already in flight on this connection.
     DUPLICATE_REQUEST_ID = 17, "duplicate_request_id";
+    /// The connection's identity (client certificate) may not use that model or operation.
+    NOT_AUTHORIZED = 18, "not_authorized";
 
     // Load and lifecycle: retrying later (or elsewhere) may succeed.
     /// The server's queue is full; nothing was computed. Retry with backoff or another node.

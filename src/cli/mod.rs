@@ -3,6 +3,7 @@
 //! Flags are parsed by clap (each with an environment variable); each subcommand lives in its own file
 //! and returns an exit code, errors bubbling up as `anyhow` to `main`.
 
+mod certs;
 mod infer;
 mod query;
 mod serve;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::{BlockingClient, ClientOptions};
+use crate::client::{BlockingClient, ClientOptions, ClientTls};
 use crate::config::ServeArgs;
 
 /// inferd: a small inference daemon for edge nodes.
@@ -37,6 +38,8 @@ pub enum Command {
     Models(ClientArgs),
     /// Check that a server answers, and how fast.
     Ping(ClientArgs),
+    /// Write a development CA, server certificate and device certificate (PEM) for trying TLS.
+    Certs(certs::CertsArgs),
 }
 
 /// Where a client subcommand connects.
@@ -48,12 +51,37 @@ pub struct ClientArgs {
     /// Connect and per-request timeout in milliseconds.
     #[arg(long, env = "INFERD_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Speak TLS 1.3, trusting the CA certificates in this PEM file.
+    #[arg(long, env = "INFERD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client (device) certificate, PEM, for servers that require one.
+    #[arg(long, env = "INFERD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key, PEM.
+    #[arg(long, env = "INFERD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Name the server certificate must carry. [default: the IP address of --addr]
+    #[arg(long, env = "INFERD_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 impl ClientArgs {
     fn connect(&self) -> anyhow::Result<BlockingClient> {
         let t = Duration::from_millis(self.timeout_ms);
+        let tls = match &self.tls_ca {
+            Some(ca) => {
+                let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+                let name = self
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| self.addr.ip().to_string());
+                Some(ClientTls::from_files(ca, identity, &name).map_err(anyhow::Error::msg)?)
+            }
+            None if self.tls_cert.is_some() => anyhow::bail!("--tls-cert needs --tls-ca"),
+            None => None,
+        };
         let options = ClientOptions {
+            tls,
             connect_timeout: t,
             request_timeout: t,
             ..ClientOptions::default()
@@ -97,5 +125,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Infer(args) => infer::run(&args),
         Command::Models(args) => query::models(&args),
         Command::Ping(args) => query::ping(&args),
+        Command::Certs(args) => certs::run(&args),
     }
 }

@@ -1,4 +1,5 @@
-//! `inferd serve`: resolve the configuration, load the repository, serve until SIGTERM/SIGINT.
+//! `inferd serve`: resolve the configuration, load the repository, serve until SIGTERM/SIGINT; SIGHUP
+//! reloads the TLS material and the access policy.
 
 use std::process::ExitCode;
 
@@ -16,12 +17,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::load(&config.models)
         .with_context(|| format!("loading {}", config.models.display()))?;
     let count = registry.all().count();
-    let server = Server::bind(config.clone(), std::sync::Arc::new(registry))
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = server.local_addr()?;
+    let server = Server::bind(config, std::sync::Arc::new(registry)).map_err(anyhow::Error::msg)?;
     watch_signals(server.handle())?;
+    let mut listeners = Vec::new();
+    if let Some(addr) = server.local_addr() {
+        listeners.push(format!("listening on {addr}"));
+    }
+    if let Some(addr) = server.tls_local_addr() {
+        listeners.push(format!("TLS listening on {addr}"));
+    }
     log::info!(
-        "listening on {addr} with {count} model versions, ready in {} ms",
+        "{} with {count} model versions, ready in {} ms",
+        listeners.join(", "),
         started.elapsed().as_millis()
     );
     server.run();
@@ -30,23 +37,37 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once (an operator who insists).
+/// SIGHUP: reload TLS material and the access policy; a failed reload keeps the old ones.
 fn watch_signals(handle: ServerHandle) -> anyhow::Result<()> {
     use async_signal::{Signal, Signals};
-    let mut signals =
-        Signals::new([Signal::Term, Signal::Int]).context("installing signal handlers")?;
+    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
+        .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("inferd-signals".into())
         .spawn(move || {
             smol::block_on(async {
-                let mut seen = 0;
+                let mut stops = 0;
                 while let Some(signal) = signals.next().await {
-                    seen += 1;
-                    if seen == 1 {
-                        log::info!("{signal:?}: shutting down gracefully");
-                        handle.shutdown();
-                    } else {
-                        log::warn!("{signal:?} again: exiting now");
-                        std::process::exit(130);
+                    match signal {
+                        Ok(Signal::Hup) => match handle.reload() {
+                            Ok(()) => log::info!("SIGHUP: reloaded TLS material and access policy"),
+                            Err(e) => {
+                                log::error!(
+                                    "SIGHUP: reload failed, keeping the previous material: {e}"
+                                )
+                            }
+                        },
+                        Ok(signal) => {
+                            stops += 1;
+                            if stops == 1 {
+                                log::info!("{signal:?}: shutting down gracefully");
+                                handle.shutdown();
+                            } else {
+                                log::warn!("{signal:?} again: exiting now");
+                                std::process::exit(130);
+                            }
+                        }
+                        Err(e) => log::warn!("reading signals: {e}"),
                     }
                 }
             });

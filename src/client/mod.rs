@@ -6,6 +6,7 @@
 //! without an executor.
 
 mod blocking;
+mod tls;
 mod types;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use async_channel::Sender;
 use async_io::Async;
-use futures_lite::io::{ReadHalf, WriteHalf};
+use futures_lite::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use inferd_proto::codec::encode_frame_vec;
 use inferd_proto::{
     decode_body, Hello, InferRequest, Limits, ModelInfoRequest, Request, Response, MAX_TENSORS,
@@ -27,12 +28,15 @@ use crate::framed::{first_byte, rest_of_frame, timeout, write_frame, ReadError};
 use crate::tensor::HostTensor;
 
 pub use blocking::BlockingClient;
+pub use tls::ClientTls;
 use types::Reply;
 pub use types::{ClientError, InferOutput, ModelDescription, ModelListing};
 
 /// Connection settings of a client.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// Speak TLS, with these settings; `None`: plain TCP.
+    pub tls: Option<ClientTls>,
     /// Time to connect and complete the handshake.
     pub connect_timeout: Duration,
     /// How long a request without a deadline waits for its answer.
@@ -44,6 +48,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: 64 << 20,
@@ -54,11 +59,15 @@ impl Default for ClientOptions {
 /// Extra time allowed beyond a request's deadline for the answer to travel back.
 const NETWORK_GRACE: Duration = Duration::from_secs(1);
 
-type Writer = WriteHalf<Async<TcpStream>>;
+/// A plain or TLS byte stream.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type BoxStream = Box<dyn Stream>;
+type Reader = ReadHalf<BoxStream>;
+type Writer = WriteHalf<BoxStream>;
 type Pending = Mutex<HashMap<u32, Sender<Reply>>>;
 
 /// An async inferd client. Cheap to share behind an `Arc`; every method takes `&self`.
-#[derive(Debug)]
 pub struct Client {
     writer: async_lock::Mutex<Writer>,
     pending: Arc<Pending>,
@@ -69,6 +78,15 @@ pub struct Client {
     server: String,
     options: ClientOptions,
     _reader: smol::Task<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.server)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -89,8 +107,15 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
         let handshake = async {
-            let stream = Async::<TcpStream>::connect(addr).await?;
-            stream.get_ref().set_nodelay(true)?;
+            let tcp = Async::<TcpStream>::connect(addr).await?;
+            tcp.get_ref().set_nodelay(true)?;
+            let stream: BoxStream = match &options.tls {
+                Some(tls) => {
+                    let connector = futures_rustls::TlsConnector::from(Arc::clone(&tls.config));
+                    Box::new(connector.connect(tls.server_name.clone(), tcp).await?)
+                }
+                None => Box::new(tcp),
+            };
             let (mut reader, mut writer) = futures_lite::io::split(stream);
             let hello = Request::Hello(Hello {
                 min_version: PROTOCOL_VERSION,
@@ -100,7 +125,7 @@ impl Client {
             let frame = encode_frame_vec(&hello, u32::MAX)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
             write_frame(&mut writer, &frame, options.connect_timeout).await?;
-            let body = read_frame(&mut reader, options).await?;
+            let body = read_frame(&mut reader, &options).await?;
             let welcome = match decode_body::<Response>(&body)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
             {
@@ -118,7 +143,7 @@ impl Client {
             reader,
             Arc::clone(&pending),
             Arc::clone(&closed),
-            options,
+            options.clone(),
         ));
         Ok(Client {
             writer: async_lock::Mutex::new(writer),
@@ -305,10 +330,7 @@ impl Client {
     }
 }
 
-async fn read_frame(
-    r: &mut ReadHalf<Async<TcpStream>>,
-    options: ClientOptions,
-) -> Result<Vec<u8>, ClientError> {
+async fn read_frame(r: &mut Reader, options: &ClientOptions) -> Result<Vec<u8>, ClientError> {
     let first = first_byte(r).await.map_err(read_error)?;
     rest_of_frame(r, first, options.max_frame_bytes, options.request_timeout)
         .await
@@ -327,13 +349,13 @@ fn read_error(e: ReadError) -> ClientError {
 /// Routes responses to their callers until the connection ends; then fails every pending call with the
 /// reason.
 async fn read_loop(
-    mut reader: ReadHalf<Async<TcpStream>>,
+    mut reader: Reader,
     pending: Arc<Pending>,
     closed: Arc<Mutex<Option<ClientError>>>,
     options: ClientOptions,
 ) {
     let reason = loop {
-        let body = match read_frame(&mut reader, options).await {
+        let body = match read_frame(&mut reader, &options).await {
             Ok(body) => body,
             Err(e) => break e,
         };

@@ -37,8 +37,8 @@ const CONTROL_QUEUE: usize = 16;
 /// connection (a reset can destroy the error frame before the peer reads it).
 const LINGER: Duration = Duration::from_millis(200);
 
-/// Serves one accepted connection until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+/// Serves one accepted connection until it closes. `identity` is the client certificate's, if any.
+pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>, identity: Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -80,9 +80,13 @@ where
     let (ctl_tx, ctl_rx) = async_channel::bounded::<Vec<u8>>(CONTROL_QUEUE);
     let (dead_tx, dead_rx) = async_channel::bounded::<()>(1);
 
+    let who = Who {
+        peer,
+        identity: identity.as_deref(),
+    };
     let read_side = async {
         let close = or(
-            read_loop(&mut reader, &ctx, &in_flight, &ctl_tx, &done_tx, peer),
+            read_loop(&mut reader, &ctx, &in_flight, &ctl_tx, &done_tx, who),
             async {
                 // The writer has stopped (peer gone or too slow): stop reading too.
                 let _ = dead_rx.recv().await;
@@ -110,6 +114,26 @@ where
         linger(&mut reader, &mut writer).await;
     }
     log::debug!("{peer}: closed");
+}
+
+/// Who is on the other end: for logs and access checks.
+#[derive(Debug, Clone, Copy)]
+struct Who<'a> {
+    peer: SocketAddr,
+    identity: Option<&'a str>,
+}
+
+impl Who<'_> {
+    fn may_use(&self, ctx: &Ctx, model: &str) -> Result<(), RequestError> {
+        if ctx.access().may_use(self.identity, model) {
+            return Ok(());
+        }
+        let who = self.identity.unwrap_or("an anonymous client");
+        Err(RequestError::new(
+            ErrorCode::NOT_AUTHORIZED,
+            format!("{who} may not use model {model:?}"),
+        ))
+    }
 }
 
 /// Why the reader stopped.
@@ -185,8 +209,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     in_flight: &InFlight,
     ctl: &Sender<Vec<u8>>,
     done: &Sender<Completion>,
-    peer: SocketAddr,
+    who: Who<'_>,
 ) -> Close {
+    let peer = who.peer;
     let c = &ctx.config;
     let mut draining = false;
     loop {
@@ -263,15 +288,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return Close::Now;
             }
             Request::Ping { id } => encode(&Response::Pong { id }, ctx),
-            Request::ListModels { id } => encode(&list_models(id, ctx), ctx),
-            Request::ModelInfo(q) => match ctx.registry.get(q.model, q.version) {
+            Request::ListModels { id } => encode(&list_models(id, ctx, who), ctx),
+            Request::ModelInfo(q) => match who
+                .may_use(ctx, q.model)
+                .and_then(|()| ctx.registry.get(q.model, q.version))
+            {
                 Ok(m) => match model_info(q.id, &m) {
                     Ok(info) => encode(&Response::ModelInfo(info), ctx),
                     Err(e) => error_frame(Some(q.id), &e, ctx),
                 },
                 Err(e) => error_frame(Some(q.id), &e, ctx),
             },
-            Request::Infer(q) => match admit(&q, ctx, in_flight, done) {
+            Request::Infer(q) => match who
+                .may_use(ctx, q.model)
+                .and_then(|()| admit(&q, ctx, in_flight, done))
+            {
                 Ok(()) => None,
                 Err(e) => {
                     log::debug!("{peer}: request {} refused: {e}", q.id);
@@ -326,10 +357,15 @@ fn admit(
         .inspect_err(|_| in_flight.finish(q.id))
 }
 
-fn list_models(id: u32, ctx: &Ctx) -> Response<'_> {
+fn list_models<'c>(id: u32, ctx: &'c Ctx, who: Who<'_>) -> Response<'c> {
     let mut models = heapless::Vec::<ModelEntry<'_>, MAX_MODELS>::new();
     let mut truncated = false;
-    for m in ctx.registry.all() {
+    let access = ctx.access();
+    for m in ctx
+        .registry
+        .all()
+        .filter(|m| access.may_use(who.identity, &m.name))
+    {
         if models
             .push(ModelEntry {
                 name: &m.name,

@@ -4,12 +4,14 @@
 //! shutdown the listener is closed at once, connections finish their in-flight requests (answering new
 //! ones `SHUTTING_DOWN`), and after `drain_timeout` whatever is left is abandoned.
 
+pub mod access;
 mod connection;
 mod shutdown;
+pub mod tls;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
@@ -22,7 +24,9 @@ use crate::model::Registry;
 use crate::scheduler::Scheduler;
 use crate::tracker::Tracker;
 
+use access::AccessPolicy;
 pub use shutdown::Shutdown;
+use tls::TlsState;
 
 /// State shared by the accept loop and every connection.
 #[derive(Debug)]
@@ -37,12 +41,45 @@ pub struct Ctx {
     pub shutdown: Shutdown,
     /// Open connections.
     connections: Arc<Tracker>,
+    /// TLS material, when there is a TLS listener.
+    tls: Option<Arc<TlsState>>,
+    /// Who may use which model; replaced whole on reload.
+    access: RwLock<Arc<AccessPolicy>>,
+}
+
+impl Ctx {
+    /// The access policy in force.
+    pub fn access(&self) -> Arc<AccessPolicy> {
+        Arc::clone(
+            &self
+                .access
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Re-reads the TLS material and the access policy; on any failure nothing changes.
+    fn reload(&self) -> Result<(), String> {
+        let access = match &self.config.access {
+            Some(path) => AccessPolicy::load(path)?,
+            None => AccessPolicy::open(),
+        };
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+        }
+        *self
+            .access
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(access);
+        Ok(())
+    }
 }
 
 /// A bound, not yet running server.
 #[derive(Debug)]
 pub struct Server {
-    listener: Async<TcpListener>,
+    plain: Option<Async<TcpListener>>,
+    tls: Option<Async<TcpListener>>,
     ctx: Arc<Ctx>,
 }
 
@@ -67,44 +104,67 @@ impl ServerHandle {
     pub fn connections(&self) -> usize {
         self.ctx.connections.count()
     }
+
+    /// Re-reads TLS material and the access policy (what SIGHUP does). Established connections are
+    /// untouched; new handshakes and requests use the new material.
+    ///
+    /// # Errors
+    /// The file that failed; the previous material stays in force.
+    pub fn reload(&self) -> Result<(), String> {
+        self.ctx.reload()
+    }
 }
 
 impl Server {
-    /// Binds the listen address and starts the inference workers.
+    /// Binds the configured listeners, reads the TLS material and access policy, and starts the
+    /// inference workers.
     ///
     /// # Errors
-    /// If the address cannot be bound or a thread cannot be started.
-    pub fn bind(config: ServeConfig, registry: Arc<Registry>) -> std::io::Result<Server> {
-        let listener = Async::<TcpListener>::bind(config.listen)?;
-        Server::from_listener(listener, config, registry)
-    }
-
-    /// Serves on an already bound listener (socket activation, tests).
-    ///
-    /// # Errors
-    /// If a thread cannot be started.
-    pub fn from_listener(
-        listener: Async<TcpListener>,
-        config: ServeConfig,
-        registry: Arc<Registry>,
-    ) -> std::io::Result<Server> {
-        let scheduler = Scheduler::start(config.workers, config.queue_capacity)?;
+    /// If an address cannot be bound, a file cannot be used, or a thread cannot be started.
+    pub fn bind(config: ServeConfig, registry: Arc<Registry>) -> Result<Server, String> {
+        let bind = |addr: SocketAddr| {
+            Async::<TcpListener>::bind(addr).map_err(|e| format!("binding {addr}: {e}"))
+        };
+        let plain = config.listen.map(bind).transpose()?;
+        let tls_listener = config.tls.as_ref().map(|t| bind(t.addr)).transpose()?;
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(TlsState::load(t.files.clone())?)),
+            None => None,
+        };
+        let access = match &config.access {
+            Some(path) => AccessPolicy::load(path)?,
+            None => AccessPolicy::open(),
+        };
+        let scheduler = Scheduler::start(config.workers, config.queue_capacity)
+            .map_err(|e| format!("starting workers: {e}"))?;
         let ctx = Arc::new(Ctx {
             config,
             registry,
             scheduler,
             shutdown: Shutdown::default(),
             connections: Tracker::new(),
+            tls,
+            access: RwLock::new(Arc::new(access)),
         });
-        Ok(Server { listener, ctx })
+        Ok(Server {
+            plain,
+            tls: tls_listener,
+            ctx,
+        })
     }
 
-    /// The bound address (useful with port 0).
-    ///
-    /// # Errors
-    /// If the socket cannot report it.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.get_ref().local_addr()
+    /// The plain TCP listener's address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.plain
+            .as_ref()
+            .and_then(|l| l.get_ref().local_addr().ok())
+    }
+
+    /// The TLS listener's address.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls
+            .as_ref()
+            .and_then(|l| l.get_ref().local_addr().ok())
     }
 
     /// A handle to stop the server from elsewhere.
@@ -117,7 +177,7 @@ impl Server {
     /// Runs until shutdown has been triggered and connections have drained (or the drain timeout has
     /// passed). Blocks the calling thread, which becomes one of the I/O threads.
     pub fn run(self) {
-        let Server { listener, ctx } = self;
+        let Server { plain, tls, ctx } = self;
         let executor = Arc::new(async_executor::Executor::new());
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let mut threads = Vec::new();
@@ -133,8 +193,22 @@ impl Server {
             }
         }
         future::block_on(executor.run(async {
-            accept_loop(&listener, &ctx, &executor).await;
-            drop(listener);
+            let plain_loop = async {
+                if let Some(listener) = plain {
+                    accept_loop(&listener, &ctx, &executor, false).await;
+                }
+            };
+            let tls_loop = async {
+                if let Some(listener) = tls {
+                    accept_loop(&listener, &ctx, &executor, true).await;
+                }
+            };
+            // Both return (and drop their listeners) once shutdown begins.
+            future::zip(plain_loop, tls_loop).await;
+            log::info!(
+                "shutdown began: no longer accepting; draining {} connections",
+                ctx.connections.count()
+            );
             let drained = future::or(
                 async {
                     ctx.connections.wait_zero().await;
@@ -170,6 +244,7 @@ async fn accept_loop(
     listener: &Async<TcpListener>,
     ctx: &Arc<Ctx>,
     ex: &Arc<async_executor::Executor<'static>>,
+    tls: bool,
 ) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -178,13 +253,7 @@ async fn accept_loop(
         })
         .await;
         match accepted {
-            None => {
-                log::info!(
-                    "shutdown began: no longer accepting; draining {} connections",
-                    ctx.connections.count()
-                );
-                return;
-            }
+            None => return,
             Some(Ok((stream, peer))) => {
                 if let Err(e) = stream.get_ref().set_nodelay(true) {
                     log::debug!("{peer}: set_nodelay: {e}");
@@ -193,7 +262,11 @@ async fn accept_loop(
                     Some(guard) => {
                         let ctx = Arc::clone(ctx);
                         ex.spawn(async move {
-                            connection::serve(stream, peer, ctx).await;
+                            if tls {
+                                serve_tls(stream, peer, ctx).await;
+                            } else {
+                                connection::serve(stream, peer, ctx, None).await;
+                            }
                             drop(guard);
                         })
                         .detach();
@@ -214,6 +287,36 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Runs the TLS handshake (under the handshake timeout, inside the connection's own task, never in
+/// the accept loop), then serves the connection with the client certificate's identity.
+async fn serve_tls(stream: Async<TcpStream>, peer: SocketAddr, ctx: Arc<Ctx>) {
+    let Some(state) = &ctx.tls else { return };
+    let (acceptor, mutual) = (state.acceptor(), state.mutual());
+    let handshake =
+        crate::framed::timeout(ctx.config.handshake_timeout, acceptor.accept(stream)).await;
+    let stream = match handshake {
+        Some(Ok(stream)) => stream,
+        Some(Err(e)) => {
+            log::info!("{peer}: TLS handshake refused: {e}");
+            return;
+        }
+        None => {
+            log::info!("{peer}: TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(tls::identity);
+    if mutual {
+        log::debug!("{peer}: TLS client {identity:?}");
+    }
+    connection::serve(stream, peer, ctx, identity).await;
 }
 
 /// Tells a connection over the cap why it is closed; bounded in time so a flood cannot stall accepting.

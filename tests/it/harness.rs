@@ -57,6 +57,7 @@ pub fn config() -> ServeConfig {
 /// An in-process server, shut down and joined on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -70,11 +71,13 @@ impl TestServer {
         let mut config = config();
         adjust(&mut config);
         let server = Server::bind(config, registry()).expect("binds");
-        let addr = server.local_addr().unwrap();
+        let addr = server.local_addr().expect("a plain listener");
+        let tls_addr = server.tls_local_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             addr,
+            tls_addr,
             handle,
             thread: Some(thread),
         }

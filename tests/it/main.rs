@@ -14,3 +14,4 @@ mod load;
 mod models;
 mod raw;
 mod shutdown;
+mod tls;

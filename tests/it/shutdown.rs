@@ -112,3 +112,69 @@ fn in_process_shutdown_stops_accepting() {
         "the listener is closed after shutdown"
     );
 }
+
+#[test]
+fn sighup_reloads_tls_material_and_keeps_the_old_on_failure() {
+    let dir = std::env::temp_dir().join(format!("inferd-it-hup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args(["certs", "--out"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args([
+            "serve",
+            "--listen",
+            "off",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .arg("--models")
+        .arg(models_dir())
+        .arg("--tls-cert")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("server.key"))
+        .arg("--tls-client-ca")
+        .arg(dir.join("ca.pem"))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    wait_for(&lines, "TLS listening on ");
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup(child.id());
+    wait_for(&lines, "SIGHUP: reloaded TLS material");
+    std::fs::remove_file(dir.join("server.key")).unwrap();
+    hup(child.id());
+    let line = wait_for(&lines, "SIGHUP: reload failed");
+    assert!(
+        line.contains("server.key"),
+        "the failure names the file: {line}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,210 @@
+//! What TLS costs: handshake time, and inference latency at 50 % of saturation, plain TCP vs TLS 1.3
+//! with client certificates, measured in one run on the same in-process server.
+//!
+//! `cargo bench --bench tls` (release build). Prints medians, p99s and TLS/plain ratios; these machines
+//! are noisy, so read the ratios.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inferd::certs::Ca;
+use inferd::client::{BlockingClient, Client, ClientOptions, ClientTls};
+use inferd::config::{ServeArgs, ServeConfig, TlsListen};
+use inferd::model::Registry;
+use inferd::server::tls::TlsFiles;
+use inferd::server::Server;
+use inferd::tensor::HostTensor;
+
+const MODEL: &str = "digits-mlp";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let ix = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[ix]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn input() -> HostTensor {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let file = std::fs::File::open(root.join("models/digits-mlp/1/sample/X.npy")).unwrap();
+    inferd::npy::read(std::io::BufReader::new(file), "X").unwrap()
+}
+
+/// Connect + Hello/Welcome, `n` times, sequentially.
+fn handshakes(addr: std::net::SocketAddr, tls: Option<ClientTls>, n: usize) -> Vec<Duration> {
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let options = ClientOptions {
+                tls: tls.clone(),
+                ..ClientOptions::default()
+            };
+            let t = Instant::now();
+            let client = BlockingClient::connect(addr, options).unwrap();
+            let d = t.elapsed();
+            drop(client);
+            d
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+/// Closed loop, `depth` requests in flight on one connection, for `secs`: requests per second.
+fn saturation(addr: std::net::SocketAddr, tls: Option<ClientTls>, depth: usize, secs: f64) -> f64 {
+    smol::block_on(async {
+        let options = ClientOptions {
+            tls,
+            ..ClientOptions::default()
+        };
+        let client = Arc::new(Client::connect_with(addr, options).await.unwrap());
+        let x = input();
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let tasks: Vec<_> = (0..depth)
+            .map(|_| {
+                let (client, x) = (Arc::clone(&client), x.clone());
+                smol::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        client
+                            .infer(MODEL, None, std::slice::from_ref(&x), None)
+                            .await
+                            .unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await;
+        }
+        total as f64 / secs
+    })
+}
+
+/// Open loop at `rate` requests per second for `secs`; latency measured from each request's intended
+/// send time, so queueing is not hidden.
+fn open_loop(
+    addr: std::net::SocketAddr,
+    tls: Option<ClientTls>,
+    rate: f64,
+    secs: f64,
+) -> Vec<Duration> {
+    smol::block_on(async {
+        let options = ClientOptions {
+            tls,
+            ..ClientOptions::default()
+        };
+        let client = Arc::new(Client::connect_with(addr, options).await.unwrap());
+        let x = input();
+        let start = Instant::now();
+        let count = (rate * secs) as usize;
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let intended = start + Duration::from_secs_f64(i as f64 / rate);
+            async_io::Timer::at(intended).await;
+            let (client, x) = (Arc::clone(&client), x.clone());
+            tasks.push(smol::spawn(async move {
+                client
+                    .infer(MODEL, None, std::slice::from_ref(&x), None)
+                    .await
+                    .unwrap();
+                intended.elapsed()
+            }));
+        }
+        let mut latencies = Vec::with_capacity(count);
+        for t in tasks {
+            latencies.push(t.await);
+        }
+        latencies.sort();
+        latencies
+    })
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("inferd-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = Ca::new("bench CA").unwrap();
+    let server_cert = ca.server(&["127.0.0.1".into()], 1).unwrap();
+    let device = ca.device("bench-device", 2).unwrap();
+    for (name, text) in [
+        ("ca.pem", &ca.cert_pem),
+        ("server.pem", &server_cert.cert_pem),
+        ("server.key", &server_cert.key_pem),
+        ("device.pem", &device.cert_pem),
+        ("device.key", &device.key_pem),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let args = ServeArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        models: Some(root.join("models")),
+        ..ServeArgs::default()
+    };
+    let mut config = ServeConfig::resolve(&args).unwrap();
+    config.tls = Some(TlsListen {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        files: TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: Some(dir.join("ca.pem")),
+            crl: None,
+            allow_tls12: false,
+        },
+    });
+    let registry = Arc::new(Registry::load(&root.join("models")).unwrap());
+    let server = Server::bind(config, registry).unwrap();
+    let (plain, tls_addr) = (
+        server.local_addr().unwrap(),
+        server.tls_local_addr().unwrap(),
+    );
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.run());
+    let tls = ClientTls::from_files(
+        &dir.join("ca.pem"),
+        Some((&dir.join("device.pem"), &dir.join("device.key"))),
+        "127.0.0.1",
+    )
+    .unwrap();
+
+    println!(
+        "# inferd TLS cost ({MODEL}, in-process server, {} cores)",
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    let hp = handshakes(plain, None, 200);
+    let ht = handshakes(tls_addr, Some(tls.clone()), 200);
+    println!(
+        "connect+hello   plain p50 {:.3} ms p99 {:.3} ms | TLS 1.3 mTLS p50 {:.3} ms p99 {:.3} ms | ratio p50 {:.2}x",
+        ms(percentile(&hp, 0.5)),
+        ms(percentile(&hp, 0.99)),
+        ms(percentile(&ht, 0.5)),
+        ms(percentile(&ht, 0.99)),
+        ms(percentile(&ht, 0.5)) / ms(percentile(&hp, 0.5))
+    );
+    let sat_plain = saturation(plain, None, 16, 3.0);
+    let sat_tls = saturation(tls_addr, Some(tls.clone()), 16, 3.0);
+    println!(
+        "saturation      plain {sat_plain:.0} req/s | TLS {sat_tls:.0} req/s | ratio {:.2}x",
+        sat_tls / sat_plain
+    );
+    let rate = sat_plain * 0.5;
+    let lp = open_loop(plain, None, rate, 4.0);
+    let lt = open_loop(tls_addr, Some(tls), rate, 4.0);
+    println!(
+        "at 50% ({rate:.0} req/s) plain p50 {:.3} ms p99 {:.3} ms | TLS p50 {:.3} ms p99 {:.3} ms | ratio p50 {:.2}x p99 {:.2}x",
+        ms(percentile(&lp, 0.5)),
+        ms(percentile(&lp, 0.99)),
+        ms(percentile(&lt, 0.5)),
+        ms(percentile(&lt, 0.99)),
+        ms(percentile(&lt, 0.5)) / ms(percentile(&lp, 0.5)),
+        ms(percentile(&lt, 0.99)) / ms(percentile(&lp, 0.99))
+    );
+    handle.shutdown();
+    thread.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
