@@ -3,6 +3,11 @@
 //!
 //! `cargo bench --bench tls` (release build). Prints medians, p99s and TLS/plain ratios; these machines
 //! are noisy, so read the ratios.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark that cannot set up should stop"
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
