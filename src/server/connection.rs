@@ -128,6 +128,7 @@ impl Who<'_> {
         if ctx.access().may_use(self.identity, model) {
             return Ok(());
         }
+        ctx.refusals.not_authorized();
         let who = self.identity.unwrap_or("an anonymous client");
         Err(RequestError::new(
             ErrorCode::NOT_AUTHORIZED,

@@ -11,6 +11,7 @@ pub mod tls;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -45,6 +46,53 @@ pub struct Ctx {
     tls: Option<Arc<TlsState>>,
     /// Who may use which model; replaced whole on reload.
     access: RwLock<Arc<AccessPolicy>>,
+    /// Refused connections and requests, by cause.
+    pub refusals: Refusals,
+}
+
+/// Connections and requests refused for who they are (not for what they sent), by cause. Kept for
+/// operators: logged at shutdown, readable through [`ServerHandle::refusals`].
+#[derive(Debug, Default)]
+pub struct Refusals {
+    tls_handshake: AtomicU64,
+    tls_timeout: AtomicU64,
+    not_authorized: AtomicU64,
+    connection_cap: AtomicU64,
+}
+
+/// A snapshot of [`Refusals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefusalCounts {
+    /// TLS handshakes that failed (untrusted, expired, revoked or misused certificates, old protocol
+    /// versions, no certificate where one is required).
+    pub tls_handshake: u64,
+    /// TLS handshakes that did not finish within the handshake timeout.
+    pub tls_timeout: u64,
+    /// Requests answered `NOT_AUTHORIZED`.
+    pub not_authorized: u64,
+    /// Connections refused at the connection cap.
+    pub connection_cap: u64,
+}
+
+impl Refusals {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot.
+    pub fn counts(&self) -> RefusalCounts {
+        RefusalCounts {
+            tls_handshake: self.tls_handshake.load(Ordering::Relaxed),
+            tls_timeout: self.tls_timeout.load(Ordering::Relaxed),
+            not_authorized: self.not_authorized.load(Ordering::Relaxed),
+            connection_cap: self.connection_cap.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a `NOT_AUTHORIZED` answer.
+    pub fn not_authorized(&self) {
+        Refusals::bump(&self.not_authorized);
+    }
 }
 
 impl Ctx {
@@ -105,6 +153,11 @@ impl ServerHandle {
         self.ctx.connections.count()
     }
 
+    /// Refusals so far, by cause.
+    pub fn refusals(&self) -> RefusalCounts {
+        self.ctx.refusals.counts()
+    }
+
     /// Re-reads TLS material and the access policy (what SIGHUP does). Established connections are
     /// untouched; new handshakes and requests use the new material.
     ///
@@ -145,6 +198,7 @@ impl Server {
             connections: Tracker::new(),
             tls,
             access: RwLock::new(Arc::new(access)),
+            refusals: Refusals::default(),
         });
         Ok(Server {
             plain,
@@ -234,6 +288,10 @@ impl Server {
         for t in threads {
             let _ = t.join();
         }
+        let refused = ctx.refusals.counts();
+        if refused != RefusalCounts::default() {
+            log::info!("refused while running: {refused:?}");
+        }
         // Dropping the executor drops any connection still open; their queued jobs are then skipped.
         drop(executor);
         ctx.scheduler.shutdown();
@@ -272,6 +330,7 @@ async fn accept_loop(
                         .detach();
                     }
                     None => {
+                        Refusals::bump(&ctx.refusals.connection_cap);
                         log::warn!(
                             "{peer}: refused: {} connections open",
                             ctx.config.max_connections
@@ -299,10 +358,12 @@ async fn serve_tls(stream: Async<TcpStream>, peer: SocketAddr, ctx: Arc<Ctx>) {
     let stream = match handshake {
         Some(Ok(stream)) => stream,
         Some(Err(e)) => {
+            Refusals::bump(&ctx.refusals.tls_handshake);
             log::info!("{peer}: TLS handshake refused: {e}");
             return;
         }
         None => {
+            Refusals::bump(&ctx.refusals.tls_timeout);
             log::info!("{peer}: TLS handshake timed out");
             return;
         }

@@ -162,6 +162,9 @@ fn devices_are_served_what_their_identity_allows() {
         .infer("digits-mlp", None, &[digits_input()], None)
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NOT_AUTHORIZED));
+    // Three refusals, each counted; no handshake was refused.
+    assert_eq!(server.handle.refusals().not_authorized, 3);
+    assert_eq!(server.handle.refusals().tls_handshake, 0);
 }
 
 fn tls12_only(pki: &Pki) -> ClientTls {
@@ -251,6 +254,8 @@ fn untrusted_expired_misused_revoked_and_old_clients_are_refused() {
             .version,
         1
     );
+    // Each refused handshake was counted once.
+    assert_eq!(server.handle.refusals().tls_handshake, 6);
 }
 
 #[test]
