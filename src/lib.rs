@@ -12,6 +12,7 @@
 //! - [`tensor`], [`npy`]: owned tensors and numpy files.
 //! - [`error`]: request errors and their wire codes.
 //! - [`framed`]: whole frames over any async stream, under timeouts (server and client).
+//! - [`loadgen`]: the load generator behind `inferd bench` (closed and open loop, HdrHistogram).
 //! - [`logging`]: `env_logger` set up for a terminal or for journald.
 //!
 //! The wire types themselves live in the `no_std` crate [`inferd_proto`].
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod framed;
+pub mod loadgen;
 pub mod logging;
 pub mod model;
 pub mod npy;

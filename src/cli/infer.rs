@@ -13,16 +13,7 @@ use crate::npy::{self, file_stem};
 use crate::tensor::HostTensor;
 
 pub fn run(args: &InferArgs) -> anyhow::Result<ExitCode> {
-    let mut inputs = Vec::with_capacity(args.inputs.len());
-    for spec in &args.inputs {
-        let Some((name, path)) = spec.split_once('=') else {
-            bail!("--input {spec:?}: expected NAME=FILE.npy");
-        };
-        let file = File::open(path).with_context(|| format!("opening {path}"))?;
-        inputs.push(
-            npy::read(BufReader::new(file), name).with_context(|| format!("reading {path}"))?,
-        );
-    }
+    let inputs = read_inputs(&args.inputs)?;
     let client = args.client.connect()?;
     let deadline = args.deadline_ms.map(Duration::from_millis);
     let out = client.infer(&args.model, args.version, &inputs, deadline)?;
@@ -45,6 +36,21 @@ fn write(path: &Path, t: &HostTensor) -> anyhow::Result<()> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     npy::write(BufWriter::new(file), t).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Reads `NAME=FILE.npy` arguments.
+pub(super) fn read_inputs(specs: &[String]) -> anyhow::Result<Vec<HostTensor>> {
+    let mut inputs = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let Some((name, path)) = spec.split_once('=') else {
+            bail!("--input {spec:?}: expected NAME=FILE.npy");
+        };
+        let file = File::open(path).with_context(|| format!("opening {path}"))?;
+        inputs.push(
+            npy::read(BufReader::new(file), name).with_context(|| format!("reading {path}"))?,
+        );
+    }
+    Ok(inputs)
 }
 
 /// The first few values, for a human glance.

@@ -3,6 +3,7 @@
 //! Flags are parsed by clap (each with an environment variable); each subcommand lives in its own file
 //! and returns an exit code, errors bubbling up as `anyhow` to `main`.
 
+mod bench;
 mod certs;
 mod infer;
 mod query;
@@ -40,6 +41,8 @@ pub enum Command {
     Ping(ClientArgs),
     /// Write a development CA, server certificate and device certificate (PEM) for trying TLS.
     Certs(certs::CertsArgs),
+    /// Load a server (closed or open loop) and report throughput, latency percentiles and errors.
+    Bench(bench::BenchArgs),
 }
 
 /// Where a client subcommand connects.
@@ -66,7 +69,8 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    fn connect(&self) -> anyhow::Result<BlockingClient> {
+    /// Connection options from the flags.
+    fn options(&self) -> anyhow::Result<ClientOptions> {
         let t = Duration::from_millis(self.timeout_ms);
         let tls = match &self.tls_ca {
             Some(ca) => {
@@ -86,6 +90,11 @@ impl ClientArgs {
             request_timeout: t,
             ..ClientOptions::default()
         };
+        Ok(options)
+    }
+
+    fn connect(&self) -> anyhow::Result<BlockingClient> {
+        let options = self.options()?;
         BlockingClient::connect(self.addr, options)
             .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.addr))
     }
@@ -126,5 +135,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(args) => query::models(&args),
         Command::Ping(args) => query::ping(&args),
         Command::Certs(args) => certs::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -8,6 +8,7 @@
     reason = "a panic is how a test fails"
 )]
 
+mod bench;
 mod errors;
 mod harness;
 mod load;

@@ -1,0 +1,261 @@
+//! The load generator behind `inferd bench`, speaking inferd's protocol.
+//!
+//! Closed loop: `connections × depth` requests always outstanding, each sent as soon as the previous
+//! one on its slot is answered. Open loop: requests arrive as a Poisson process at a target rate,
+//! spread over the connections, and each latency is measured from the request's *intended* send time,
+//! so that a stalled server shows up as latency instead of silently lowering the offered load
+//! (coordinated omission). A warm-up phase runs the same load and is discarded.
+
+pub mod inputs;
+mod report;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::tensor::HostTensor;
+
+pub use report::Report;
+
+/// Most open-loop requests waiting in the generator itself; past that, arrivals are counted as
+/// `client_backlog` errors instead of piling up in memory.
+const MAX_BACKLOG: u64 = 100_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Connection options (TLS, timeouts).
+    pub options: ClientOptions,
+    /// Model name.
+    pub model: String,
+    /// Model version; `None`: newest.
+    pub version: Option<u32>,
+    /// One request's inputs.
+    pub inputs: Vec<HostTensor>,
+    /// Connections to open.
+    pub connections: usize,
+    /// Closed loop: requests outstanding per connection.
+    pub depth: usize,
+    /// Open loop: target requests per second (all connections together); `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Measured phase.
+    pub duration: Duration,
+    /// Discarded phase before it.
+    pub warmup: Duration,
+    /// Deadline sent with each request.
+    pub deadline: Option<Duration>,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+    /// Seed of the arrival process.
+    pub seed: u64,
+}
+
+/// Outcomes of one phase, shared by the request tasks.
+#[derive(Debug)]
+struct Stats {
+    latency_us: Mutex<Histogram<u64>>,
+    ok: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    #[allow(
+        clippy::expect_used,
+        reason = "constant bounds that hdrhistogram accepts; covered by tests"
+    )]
+    fn new() -> Stats {
+        // 1 µs to 10 minutes at 3 significant digits.
+        let histogram =
+            Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
+        Stats {
+            latency_us: Mutex::new(histogram),
+            ok: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn record(&self, result: Result<(), &ClientError>, latency: Duration) {
+        match result {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                let us = u64::try_from(latency.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                self.latency_us
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .saturating_record(us);
+            }
+            Err(e) => self.error(error_name(e)),
+        }
+    }
+
+    fn error(&self, name: &str) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default() += 1;
+    }
+
+    fn errors_total(&self) -> u64 {
+        self.errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+}
+
+/// The name an error is counted under: the server's code name, or the transport failure.
+fn error_name(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Server { code, .. } => code.name(),
+        ClientError::Timeout => "client_timeout",
+        ClientError::Io(_) => "io",
+        ClientError::Closed(_) => "closed",
+        ClientError::Protocol(_) => "protocol",
+        ClientError::Invalid(_) => "invalid",
+    }
+}
+
+/// Runs the plan: connect, warm up, measure.
+///
+/// # Errors
+/// If a connection cannot be opened.
+pub fn run(plan: &LoadPlan) -> Result<Report, ClientError> {
+    smol::block_on(async {
+        let mut clients = Vec::with_capacity(plan.connections.max(1));
+        for _ in 0..plan.connections.max(1) {
+            clients.push(Arc::new(
+                Client::connect_with(plan.addr, plan.options.clone()).await?,
+            ));
+        }
+        let inputs = Arc::new(plan.inputs.clone());
+        if !plan.warmup.is_zero() {
+            phase(plan, &clients, &inputs, plan.warmup, false).await;
+        }
+        let (stats, elapsed) = phase(plan, &clients, &inputs, plan.duration, plan.progress).await;
+        Ok(Report::new(plan, &stats, elapsed))
+    })
+}
+
+/// One timed phase; returns its stats and how long it really took (until the last answer).
+async fn phase(
+    plan: &LoadPlan,
+    clients: &[Arc<Client>],
+    inputs: &Arc<Vec<HostTensor>>,
+    length: Duration,
+    progress: bool,
+) -> (Arc<Stats>, Duration) {
+    let stats = Arc::new(Stats::new());
+    let start = Instant::now();
+    let end = start + length;
+    let reporter = progress.then(|| smol::spawn(report_progress(Arc::clone(&stats), start, end)));
+    let tasks = match plan.rate {
+        None => closed_loop(plan, clients, inputs, &stats, end),
+        Some(rate) => open_loop(plan, clients, inputs, &stats, start, end, rate).await,
+    };
+    for task in tasks {
+        task.await;
+    }
+    if let Some(reporter) = reporter {
+        reporter.cancel().await;
+        eprintln!();
+    }
+    (stats, start.elapsed())
+}
+
+fn closed_loop(
+    plan: &LoadPlan,
+    clients: &[Arc<Client>],
+    inputs: &Arc<Vec<HostTensor>>,
+    stats: &Arc<Stats>,
+    end: Instant,
+) -> Vec<smol::Task<()>> {
+    let mut tasks = Vec::new();
+    for client in clients {
+        for _ in 0..plan.depth.max(1) {
+            let (client, inputs, stats) =
+                (Arc::clone(client), Arc::clone(inputs), Arc::clone(stats));
+            let (model, version, deadline) = (plan.model.clone(), plan.version, plan.deadline);
+            tasks.push(smol::spawn(async move {
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let result = client.infer(&model, version, &inputs, deadline).await;
+                    stats.record(result.as_ref().map(|_| ()), t.elapsed());
+                }
+            }));
+        }
+    }
+    tasks
+}
+
+async fn open_loop(
+    plan: &LoadPlan,
+    clients: &[Arc<Client>],
+    inputs: &Arc<Vec<HostTensor>>,
+    stats: &Arc<Stats>,
+    start: Instant,
+    end: Instant,
+    rate: f64,
+) -> Vec<smol::Task<()>> {
+    let mut rng = inputs::Rng::new(plan.seed);
+    let backlog = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let mut intended = start;
+    let mut i = 0usize;
+    loop {
+        intended += Duration::from_secs_f64(rng.exponential(1.0 / rate.max(1e-9)));
+        if intended >= end {
+            break;
+        }
+        async_io::Timer::at(intended).await;
+        if backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+            stats.error("client_backlog");
+            continue;
+        }
+        backlog.fetch_add(1, Ordering::Relaxed);
+        let client = Arc::clone(&clients[i % clients.len()]);
+        i += 1;
+        let (inputs, stats, backlog) =
+            (Arc::clone(inputs), Arc::clone(stats), Arc::clone(&backlog));
+        let (model, version, deadline) = (plan.model.clone(), plan.version, plan.deadline);
+        tasks.push(smol::spawn(async move {
+            let result = client.infer(&model, version, &inputs, deadline).await;
+            stats.record(result.as_ref().map(|_| ()), intended.elapsed());
+            backlog.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
+    tasks
+}
+
+async fn report_progress(stats: Arc<Stats>, start: Instant, end: Instant) {
+    let mut last = 0;
+    loop {
+        async_io::Timer::after(Duration::from_secs(1)).await;
+        let ok = stats.ok.load(Ordering::Relaxed);
+        let p99 = stats
+            .latency_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .value_at_quantile(0.99);
+        let left = end.saturating_duration_since(Instant::now()).as_secs();
+        eprint!(
+            "\r{:>4.0}s  ok {ok:>9}  errors {:>7}  {:>8} req/s  p99 {:>8.3} ms  ({left}s left)   ",
+            start.elapsed().as_secs_f64(),
+            stats.errors_total(),
+            ok - last,
+            p99 as f64 / 1e3
+        );
+        last = ok;
+    }
+}

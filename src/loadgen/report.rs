@@ -1,0 +1,138 @@
+//! A load run's results: a human table, or JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{LoadPlan, Stats};
+
+/// Results of a measured phase. Latencies in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    /// Model asked.
+    pub model: String,
+    /// Connections used.
+    pub connections: usize,
+    /// Closed loop: outstanding requests per connection.
+    pub depth: usize,
+    /// Open loop: the target rate.
+    pub rate_target: Option<f64>,
+    /// Length of the measured phase, until the last answer.
+    pub elapsed: Duration,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests by error code name (or transport failure).
+    pub errors: BTreeMap<String, u64>,
+    /// Successful requests per second.
+    pub throughput_rps: f64,
+    /// Latency percentiles of successful requests, µs.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+    /// Largest latency, µs.
+    pub max_us: u64,
+    /// Mean latency, µs.
+    pub mean_us: f64,
+}
+
+impl Report {
+    pub(super) fn new(plan: &LoadPlan, stats: &Stats, elapsed: Duration) -> Report {
+        let h = stats
+            .latency_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ok = stats.ok.load(Ordering::Relaxed);
+        let q = |x: f64| if ok == 0 { 0 } else { h.value_at_quantile(x) };
+        Report {
+            mode: if plan.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            },
+            model: plan.model.clone(),
+            connections: plan.connections.max(1),
+            depth: plan.depth.max(1),
+            rate_target: plan.rate,
+            elapsed,
+            ok,
+            errors: stats
+                .errors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            throughput_rps: ok as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: if ok == 0 { 0 } else { h.max() },
+            mean_us: if ok == 0 { 0.0 } else { h.mean() },
+        }
+    }
+
+    /// The JSON object scripts read (`throughput_rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`,
+    /// `errors`, `ok`, and the run's parameters).
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "mode": self.mode,
+            "model": self.model,
+            "connections": self.connections,
+            "depth": self.depth,
+            "rate_target": self.rate_target,
+            "duration_s": self.elapsed.as_secs_f64(),
+            "ok": self.ok,
+            "errors": self.errors,
+            "throughput_rps": self.throughput_rps,
+            "p50_us": self.p50_us,
+            "p90_us": self.p90_us,
+            "p99_us": self.p99_us,
+            "p999_us": self.p999_us,
+            "max_us": self.max_us,
+            "mean_us": self.mean_us,
+        })
+    }
+
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let load = match self.rate_target {
+            Some(rate) => format!(
+                "open loop at {rate:.0} req/s over {} connections",
+                self.connections
+            ),
+            None => format!(
+                "closed loop, {} connections x {} in flight",
+                self.connections, self.depth
+            ),
+        };
+        let ms = |us: u64| us as f64 / 1e3;
+        let mut out = format!(
+            "{} ({load}), {:.1} s\n  ok          {}\n  throughput  {:.1} req/s\n  latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n",
+            self.model,
+            self.elapsed.as_secs_f64(),
+            self.ok,
+            self.throughput_rps,
+            ms(self.p50_us),
+            ms(self.p90_us),
+            ms(self.p99_us),
+            ms(self.p999_us),
+            ms(self.max_us),
+            self.mean_us / 1e3
+        );
+        if self.errors.is_empty() {
+            out.push_str("  errors      none\n");
+        } else {
+            for (code, n) in &self.errors {
+                out.push_str(&format!("  error       {code}: {n}\n"));
+            }
+        }
+        out
+    }
+}
