@@ -153,6 +153,11 @@ impl ServerHandle {
         self.ctx.connections.count()
     }
 
+    /// Jobs waiting for an inference worker.
+    pub fn queued(&self) -> usize {
+        self.ctx.scheduler.queued()
+    }
+
     /// Refusals so far, by cause.
     pub fn refusals(&self) -> RefusalCounts {
         self.ctx.refusals.counts()

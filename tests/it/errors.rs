@@ -103,15 +103,37 @@ fn request_errors_have_their_codes_and_keep_the_connection() {
     assert_good_request(&mut raw, 10);
 }
 
-/// Occupies the single worker: `n` slow requests on a connection of their own. Each takes milliseconds,
-/// so requests queued behind them stay in flight for a long, known-large time.
-fn occupy_worker(server: &TestServer, n: u32) -> Raw {
+/// Rows in the batch that keeps the single worker busy: about 3 MB of input (under the 4 MiB frame
+/// limit) and tens of milliseconds of compute, against well under a millisecond to send the small
+/// requests that a test then queues behind it.
+const SLOW_ROWS: usize = 12_000;
+
+/// Occupies the single worker with one large digits batch on a connection of its own, and waits until
+/// the worker has taken it: the request is admitted before the ping behind it is answered, and then the
+/// queue is seen empty.
+fn occupy_worker(server: &TestServer) -> Raw {
     let mut blocker = Raw::ready(server.addr);
-    let x = ppocr_input();
-    for id in 0..n {
-        blocker.infer(id, "ppocr-cls", std::slice::from_ref(&x));
+    let row = digits_input();
+    let mut batch = row.clone();
+    batch.shape = vec![SLOW_ROWS as u64, 64];
+    batch.data = row.data.repeat(SLOW_ROWS);
+    blocker.infer(0, "digits-mlp", std::slice::from_ref(&batch));
+    blocker.send(&inferd::proto::Request::Ping { id: 99 });
+    assert_eq!(blocker.recv(), Some(Got::Other(Some(99))));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.handle.queued() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never took the job"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
     blocker
+}
+
+/// The blocker's one answer: the batch's result.
+fn release(blocker: &mut Raw) {
+    assert!(matches!(blocker.recv(), Some(Got::Result { id: 0, .. })));
 }
 
 #[test]
@@ -120,8 +142,7 @@ fn duplicate_ids_and_the_in_flight_cap() {
         c.max_in_flight = 2;
         c.workers = 1;
     });
-    // The blocker itself is capped at 2 in flight too: its third request onwards is refused.
-    let mut blocker = occupy_worker(&server, 2);
+    let mut blocker = occupy_worker(&server);
     let mut raw = Raw::ready(server.addr);
     let x = digits_input();
     raw.infer(1, "digits-mlp", std::slice::from_ref(&x));
@@ -139,9 +160,7 @@ fn duplicate_ids_and_the_in_flight_cap() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, vec![1, 2]);
-    for _ in 0..2 {
-        assert!(matches!(blocker.recv(), Some(Got::Result { .. })));
-    }
+    release(&mut blocker);
     assert_good_request(&mut raw, 4);
 }
 
@@ -151,36 +170,26 @@ fn a_full_queue_is_refused_at_once() {
         c.workers = 1;
         c.queue_capacity = 4;
     });
-    // 20 slow requests written in one burst: one runs, four wait, and those arriving while the queue
-    // is full are refused at once (a few may slip in as the worker frees slots).
-    let mut blocker = occupy_worker(&server, 20);
-    let got: Vec<Got> = (0..20).map(|_| blocker.recv().unwrap()).collect();
-    let overloaded = got
-        .iter()
-        .filter(|g| g.code() == Some(ErrorCode::OVERLOADED))
-        .count();
-    let served = got
-        .iter()
-        .filter(|g| matches!(g, Got::Result { .. }))
-        .count();
-    assert!(overloaded >= 1, "{got:?}");
-    assert_eq!(
-        overloaded + served,
-        20,
-        "every request is either served or refused: {got:?}"
-    );
-    // Refusals are immediate: they come back before the results of requests sent earlier.
-    let first_result = got
-        .iter()
-        .position(|g| matches!(g, Got::Result { .. }))
-        .unwrap();
-    assert!(
-        got[..first_result]
-            .iter()
-            .any(|g| g.code() == Some(ErrorCode::OVERLOADED)),
-        "{got:?}"
-    );
-    assert_good_request(&mut blocker, 100);
+    let mut blocker = occupy_worker(&server);
+    // The worker is busy: four requests fill the queue, the next six are refused at once, ahead of
+    // any result.
+    let mut raw = Raw::ready(server.addr);
+    for id in 1..=10 {
+        raw.infer(id, "digits-mlp", &[digits_input()]);
+    }
+    for id in 5..=10 {
+        expect_error(&mut raw, id, ErrorCode::OVERLOADED);
+    }
+    release(&mut blocker);
+    let mut served: Vec<u32> = (0..4)
+        .map(|_| match raw.recv() {
+            Some(Got::Result { id, .. }) => id,
+            other => panic!("expected a result, got {other:?}"),
+        })
+        .collect();
+    served.sort_unstable();
+    assert_eq!(served, vec![1, 2, 3, 4], "the queued requests are served");
+    assert_good_request(&mut raw, 11);
 }
 
 #[test]
