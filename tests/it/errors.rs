@@ -7,7 +7,7 @@ use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{ErrorCode, FrameHeader, Hello, Request, HEADER_LEN};
 use inferd::tensor::HostTensor;
 
-use crate::harness::{digits_input, npy, ppocr_input, TestServer};
+use crate::harness::{digits_input, npy, TestServer};
 use crate::raw::{Got, Raw};
 
 /// A well-formed digits request on `raw` is answered with the reference label.
