@@ -1,5 +1,6 @@
 //! What TLS costs: handshake time, and inference latency at 50 % of saturation, plain TCP vs TLS 1.3
-//! with client certificates, measured in one run on the same in-process server.
+//! with client certificates, measured in one run on the same in-process server. The load is
+//! `inferd bench`'s generator (open loop: latency from the intended send time).
 //!
 //! `cargo bench --bench tls` (release build). Prints medians, p99s and TLS/plain ratios; these machines
 //! are noisy, so read the ratios.
@@ -14,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inferd::certs::Ca;
-use inferd::client::{BlockingClient, Client, ClientOptions, ClientTls};
+use inferd::client::{BlockingClient, ClientOptions, ClientTls};
 use inferd::config::{ServeArgs, ServeConfig, TlsListen};
+use inferd::loadgen::{self, LoadPlan, Report};
 use inferd::model::Registry;
 use inferd::server::tls::TlsFiles;
 use inferd::server::Server;
@@ -57,77 +59,35 @@ fn handshakes(addr: std::net::SocketAddr, tls: Option<ClientTls>, n: usize) -> V
     times
 }
 
-/// Closed loop, `depth` requests in flight on one connection, for `secs`: requests per second.
-fn saturation(addr: std::net::SocketAddr, tls: Option<ClientTls>, depth: usize, secs: f64) -> f64 {
-    smol::block_on(async {
-        let options = ClientOptions {
-            tls,
-            ..ClientOptions::default()
-        };
-        let client = Arc::new(Client::connect_with(addr, options).await.unwrap());
-        let x = input();
-        let end = Instant::now() + Duration::from_secs_f64(secs);
-        let tasks: Vec<_> = (0..depth)
-            .map(|_| {
-                let (client, x) = (Arc::clone(&client), x.clone());
-                smol::spawn(async move {
-                    let mut n = 0u64;
-                    while Instant::now() < end {
-                        client
-                            .infer(MODEL, None, std::slice::from_ref(&x), None)
-                            .await
-                            .unwrap();
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for t in tasks {
-            total += t.await;
-        }
-        total as f64 / secs
-    })
-}
-
-/// Open loop at `rate` requests per second for `secs`; latency measured from each request's intended
-/// send time, so queueing is not hidden.
-fn open_loop(
+/// A measured phase of the load generator against `addr`, 16 in flight on one connection (closed
+/// loop) or at `rate` (open loop).
+fn load(
     addr: std::net::SocketAddr,
     tls: Option<ClientTls>,
-    rate: f64,
+    rate: Option<f64>,
     secs: f64,
-) -> Vec<Duration> {
-    smol::block_on(async {
-        let options = ClientOptions {
+) -> Report {
+    let plan = LoadPlan {
+        addr,
+        options: ClientOptions {
             tls,
             ..ClientOptions::default()
-        };
-        let client = Arc::new(Client::connect_with(addr, options).await.unwrap());
-        let x = input();
-        let start = Instant::now();
-        let count = (rate * secs) as usize;
-        let mut tasks = Vec::with_capacity(count);
-        for i in 0..count {
-            let intended = start + Duration::from_secs_f64(i as f64 / rate);
-            async_io::Timer::at(intended).await;
-            let (client, x) = (Arc::clone(&client), x.clone());
-            tasks.push(smol::spawn(async move {
-                client
-                    .infer(MODEL, None, std::slice::from_ref(&x), None)
-                    .await
-                    .unwrap();
-                intended.elapsed()
-            }));
-        }
-        let mut latencies = Vec::with_capacity(count);
-        for t in tasks {
-            latencies.push(t.await);
-        }
-        latencies.sort();
-        latencies
-    })
+        },
+        model: MODEL.into(),
+        version: None,
+        inputs: vec![input()],
+        connections: 1,
+        depth: 16,
+        rate,
+        duration: Duration::from_secs_f64(secs),
+        warmup: Duration::from_millis(500),
+        deadline: None,
+        progress: false,
+        seed: 1,
+    };
+    let report = loadgen::run(&plan).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    report
 }
 
 fn main() {
@@ -191,23 +151,23 @@ fn main() {
         ms(percentile(&ht, 0.99)),
         ms(percentile(&ht, 0.5)) / ms(percentile(&hp, 0.5))
     );
-    let sat_plain = saturation(plain, None, 16, 3.0);
-    let sat_tls = saturation(tls_addr, Some(tls.clone()), 16, 3.0);
+    let sat_plain = load(plain, None, None, 3.0).throughput_rps;
+    let sat_tls = load(tls_addr, Some(tls.clone()), None, 3.0).throughput_rps;
     println!(
         "saturation      plain {sat_plain:.0} req/s | TLS {sat_tls:.0} req/s | ratio {:.2}x",
         sat_tls / sat_plain
     );
     let rate = sat_plain * 0.5;
-    let lp = open_loop(plain, None, rate, 4.0);
-    let lt = open_loop(tls_addr, Some(tls), rate, 4.0);
+    let lp = load(plain, None, Some(rate), 4.0);
+    let lt = load(tls_addr, Some(tls), Some(rate), 4.0);
     println!(
         "at 50% ({rate:.0} req/s) plain p50 {:.3} ms p99 {:.3} ms | TLS p50 {:.3} ms p99 {:.3} ms | ratio p50 {:.2}x p99 {:.2}x",
-        ms(percentile(&lp, 0.5)),
-        ms(percentile(&lp, 0.99)),
-        ms(percentile(&lt, 0.5)),
-        ms(percentile(&lt, 0.99)),
-        ms(percentile(&lt, 0.5)) / ms(percentile(&lp, 0.5)),
-        ms(percentile(&lt, 0.99)) / ms(percentile(&lp, 0.99))
+        lp.p50_us as f64 / 1e3,
+        lp.p99_us as f64 / 1e3,
+        lt.p50_us as f64 / 1e3,
+        lt.p99_us as f64 / 1e3,
+        lt.p50_us as f64 / lp.p50_us as f64,
+        lt.p99_us as f64 / lp.p99_us as f64
     );
     handle.shutdown();
     thread.join().unwrap();

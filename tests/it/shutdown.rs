@@ -2,7 +2,7 @@
 //! binary, since signals are part of what is tested.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,14 @@ fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
-#[test]
-fn sigterm_drains_in_flight_requests_and_exits_zero() {
+/// Starts `inferd serve` with one worker on the test repository plus `args`; its log lines arrive on
+/// the returned channel.
+fn spawn_server(args: &[&std::ffi::OsStr]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["serve", "--workers", "1"])
         .arg("--models")
         .arg(models_dir())
+        .args(args)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -41,6 +43,12 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
             let _ = tx.send(line);
         }
     });
+    (child, lines)
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let (mut child, lines) = spawn_server(&["--listen".as_ref(), "127.0.0.1:0".as_ref()]);
     let line = wait_for(&lines, "listening on ");
     let addr = line
         .split("listening on ")
@@ -124,35 +132,23 @@ fn sighup_reloads_tls_material_and_keeps_the_old_on_failure() {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
-        .args([
-            "serve",
-            "--listen",
-            "off",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .arg("--models")
-        .arg(models_dir())
-        .arg("--tls-cert")
-        .arg(dir.join("server.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("server.key"))
-        .arg("--tls-client-ca")
-        .arg(dir.join("ca.pem"))
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (cert, key, ca) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("ca.pem"),
+    );
+    let (mut child, lines) = spawn_server(&[
+        "--listen".as_ref(),
+        "off".as_ref(),
+        "--tls-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+        "--tls-client-ca".as_ref(),
+        ca.as_os_str(),
+    ]);
     wait_for(&lines, "TLS listening on ");
     let hup = |pid: u32| {
         let status = Command::new("kill")
