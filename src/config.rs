@@ -37,6 +37,11 @@ pub struct ServeArgs {
     /// Access policy (TOML): which identities may use which models. [default: everyone, everything]
     #[arg(long, env = "INFERD_ACCESS")]
     pub access: Option<PathBuf>,
+    /// Whether connections from a loopback address without a client certificate may use admin
+    /// operations (Reload). Elsewhere admin needs a certificate identity granted `admin` in the
+    /// access policy. [default: true]
+    #[arg(long, env = "INFERD_ADMIN_LOOPBACK")]
+    pub admin_loopback: Option<bool>,
     /// Model repository: <models>/<name>/<version>/model.onnx. [default: ./models]
     #[arg(long, env = "INFERD_MODELS")]
     pub models: Option<PathBuf>,
@@ -95,6 +100,7 @@ struct FileConfig {
     tls_crl: Option<PathBuf>,
     tls_allow_tls12: Option<bool>,
     access: Option<PathBuf>,
+    admin_loopback: Option<bool>,
     models: Option<PathBuf>,
     workers: Option<usize>,
     io_threads: Option<usize>,
@@ -118,6 +124,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsListen>,
     /// Access policy file, if any.
     pub access: Option<PathBuf>,
+    /// Loopback connections without a certificate may use admin operations.
+    pub admin_loopback: bool,
     /// Model repository root.
     pub models: PathBuf,
     /// Inference worker threads.
@@ -251,6 +259,7 @@ impl ServeConfig {
             listen,
             tls,
             access: args.access.clone().or(file.access),
+            admin_loopback: args.admin_loopback.or(file.admin_loopback).unwrap_or(true),
             models: args
                 .models
                 .clone()

@@ -37,6 +37,12 @@ pub enum Request<'a> {
         /// Request id echoed in the `Pong`.
         id: u32,
     },
+    /// Admin: re-read TLS material and the access policy (what SIGHUP does). Answered `Done`, or
+    /// `NOT_AUTHORIZED` unless the connection may use admin operations. Index 5.
+    Reload {
+        /// Request id echoed in the `Done`.
+        id: u32,
+    },
 }
 
 impl Request<'_> {
@@ -45,7 +51,7 @@ impl Request<'_> {
         match self {
             Request::Hello(_) => None,
             Request::Infer(r) => Some(r.id),
-            Request::ListModels { id } | Request::Ping { id } => Some(*id),
+            Request::ListModels { id } | Request::Ping { id } | Request::Reload { id } => Some(*id),
             Request::ModelInfo(r) => Some(r.id),
         }
     }
@@ -78,6 +84,11 @@ pub enum Response<'a> {
         /// The ping's request id.
         id: u32,
     },
+    /// An admin operation completed. Index 6.
+    Done {
+        /// The operation's request id.
+        id: u32,
+    },
 }
 
 impl Response<'_> {
@@ -89,7 +100,7 @@ impl Response<'_> {
             Response::Error(e) => e.id,
             Response::Models(m) => Some(m.id),
             Response::ModelInfo(m) => Some(m.id),
-            Response::Pong { id } => Some(*id),
+            Response::Pong { id } | Response::Done { id } => Some(*id),
         }
     }
 }

@@ -83,6 +83,11 @@ fn requests() {
         "49 4e 46 44 01 00 00 00 02 00 00 00 04 09",
         &mut buf,
     );
+    golden(
+        &Request::Reload { id: 9 },
+        "49 4e 46 44 01 00 00 00 02 00 00 00 05 09",
+        &mut buf,
+    );
 }
 
 #[test]
@@ -185,6 +190,11 @@ fn responses() {
     golden(
         &Response::Pong { id: 9 },
         "49 4e 46 44 01 00 00 00 02 00 00 00 05 09",
+        &mut buf,
+    );
+    golden(
+        &Response::Done { id: 9 },
+        "49 4e 46 44 01 00 00 00 02 00 00 00 06 09",
         &mut buf,
     );
 }

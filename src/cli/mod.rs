@@ -39,6 +39,8 @@ pub enum Command {
     Models(ClientArgs),
     /// Check that a server answers, and how fast.
     Ping(ClientArgs),
+    /// Ask a server to re-read its TLS material and access policy (admin; as SIGHUP does).
+    Reload(ClientArgs),
     /// Write a development CA, server certificate and device certificate (PEM) for trying TLS.
     Certs(certs::CertsArgs),
     /// Load a server (closed or open loop) and report throughput, latency percentiles and errors.
@@ -134,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Infer(args) => infer::run(&args),
         Command::Models(args) => query::models(&args),
         Command::Ping(args) => query::ping(&args),
+        Command::Reload(args) => query::reload(&args),
         Command::Certs(args) => certs::run(&args),
         Command::Bench(args) => bench::run(&args),
     }

@@ -1,4 +1,4 @@
-//! `inferd models` and `inferd ping`.
+//! `inferd models`, `inferd ping` and `inferd reload`.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -42,5 +42,11 @@ pub fn ping(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         connected.as_secs_f64() * 1e3,
         t.elapsed().as_secs_f64() * 1e3
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reload(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    args.connect()?.reload()?;
+    println!("{} reloaded its TLS material and access policy", args.addr);
     Ok(ExitCode::SUCCESS)
 }

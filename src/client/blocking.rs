@@ -67,6 +67,14 @@ impl BlockingClient {
         smol::block_on(self.inner.model_info(model, version))
     }
 
+    /// See [`Client::reload`].
+    ///
+    /// # Errors
+    /// As [`Client::reload`].
+    pub fn reload(&self) -> Result<(), ClientError> {
+        smol::block_on(self.inner.reload())
+    }
+
     /// See [`Client::ping`].
     ///
     /// # Errors

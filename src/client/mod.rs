@@ -260,6 +260,21 @@ impl Client {
         }
     }
 
+    /// Asks the server to re-read its TLS material and access policy (an admin operation).
+    ///
+    /// # Errors
+    /// `NOT_AUTHORIZED` without admin rights, `INTERNAL` if the reload failed (the server keeps the
+    /// previous material), or transport errors.
+    pub async fn reload(&self) -> Result<(), ClientError> {
+        match self
+            .call(self.options.request_timeout, |id| Request::Reload { id })
+            .await?
+        {
+            Reply::Done => Ok(()),
+            other => Err(other.into_error()),
+        }
+    }
+
     async fn call<'a>(
         &self,
         wait: Duration,

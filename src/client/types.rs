@@ -102,6 +102,7 @@ pub(crate) enum Reply {
     Models(ModelListing),
     Info(ModelDescription),
     Pong,
+    Done,
     Failed(ClientError),
 }
 
@@ -130,6 +131,7 @@ impl Reply {
                 outputs: i.outputs.iter().map(spec).collect(),
             }),
             Response::Pong { .. } => Reply::Pong,
+            Response::Done { .. } => Reply::Done,
             Response::Error(e) => Reply::Failed(ClientError::Server {
                 code: e.code,
                 message: e.message.to_owned(),

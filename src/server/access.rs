@@ -6,7 +6,7 @@
 //! models = ["*"]
 //! [identity."device-1"]       # a certificate's first DNS/URI subject alternative name, else its CN
 //! models = ["digits-mlp", "silero-vad"]
-//! admin = false               # reserved for admin operations (reload, unload)
+//! admin = false               # admin operations (Reload); see `may_admin`
 //! ```
 //! Without a policy file every connection may use every model. With one, an identity that is not
 //! listed may use nothing. Refusals are answered `NOT_AUTHORIZED`.
@@ -89,6 +89,18 @@ impl AccessPolicy {
         })
     }
 
+    /// Whether `identity` (None: no client certificate) may use admin operations by grant. Without a
+    /// policy file nobody is granted them (the loopback rule in the connection still applies).
+    pub fn may_admin(&self, identity: Option<&str>) -> bool {
+        if self.open {
+            return false;
+        }
+        match identity {
+            Some(id) => self.identities.get(id).is_some_and(|g| g.admin),
+            None => self.anonymous.admin,
+        }
+    }
+
     /// Whether `identity` (None: no client certificate) may use `model`.
     pub fn may_use(&self, identity: Option<&str>, model: &str) -> bool {
         if self.open {
@@ -121,6 +133,13 @@ mod tests {
         assert!(p.may_use(None, "public"));
         assert!(!p.may_use(None, "a"));
         assert!(AccessPolicy::open().may_use(None, "x"));
+        assert!(p.may_admin(Some("ops")));
+        assert!(!p.may_admin(Some("device-1")));
+        assert!(!p.may_admin(None));
+        assert!(
+            !AccessPolicy::open().may_admin(Some("ops")),
+            "admin needs an explicit grant"
+        );
         assert!(AccessPolicy::parse("[identty]").is_err());
     }
 }

@@ -137,6 +137,23 @@ impl Who<'_> {
     }
 }
 
+impl Who<'_> {
+    /// Admin operations: an identity granted `admin`, or (if configured) a loopback peer without one.
+    fn may_admin(&self, ctx: &Ctx) -> Result<(), RequestError> {
+        let local =
+            self.identity.is_none() && ctx.config.admin_loopback && self.peer.ip().is_loopback();
+        if local || ctx.access().may_admin(self.identity) {
+            return Ok(());
+        }
+        ctx.refusals.not_authorized();
+        let who = self.identity.unwrap_or("an anonymous remote client");
+        Err(RequestError::new(
+            ErrorCode::NOT_AUTHORIZED,
+            format!("{who} may not use admin operations"),
+        ))
+    }
+}
+
 /// Why the reader stopped.
 enum Close {
     /// End of stream or drained shutdown: finish in-flight work first.
@@ -290,6 +307,22 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             Request::Ping { id } => encode(&Response::Pong { id }, ctx),
             Request::ListModels { id } => encode(&list_models(id, ctx, who), ctx),
+            // Reload reads a few small files; done inline, it delays this connection's reads by a
+            // moment and nothing else.
+            Request::Reload { id } => match who.may_admin(ctx).and_then(|()| {
+                ctx.reload().map_err(|e| {
+                    RequestError::new(
+                        ErrorCode::INTERNAL,
+                        format!("reload failed, the previous material stays in force: {e}"),
+                    )
+                })
+            }) {
+                Ok(()) => {
+                    log::info!("{peer}: reloaded TLS material and access policy");
+                    encode(&Response::Done { id }, ctx)
+                }
+                Err(e) => error_frame(Some(id), &e, ctx),
+            },
             Request::ModelInfo(q) => match who
                 .may_use(ctx, q.model)
                 .and_then(|()| ctx.registry.get(q.model, q.version))

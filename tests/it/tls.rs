@@ -28,6 +28,9 @@ models = ["digits-mlp"]
 models = ["*"]
 [identity."device-3"]
 models = ["*"]
+[identity."ops"]
+models = ["*"]
+admin = true
 "#;
 
 impl Pki {
@@ -48,6 +51,7 @@ impl Pki {
                 &pki.ca.device(&format!("device-{n}"), serial).unwrap(),
             );
         }
+        pki.write("ops", &pki.ca.device("ops", 14).unwrap());
         // device-3 (serial 13) is revoked from the start.
         std::fs::write(pki.dir.join("crl.pem"), pki.ca.crl(&[13], 1).unwrap()).unwrap();
         std::fs::write(pki.dir.join("access.toml"), POLICY).unwrap();
@@ -64,6 +68,10 @@ impl Pki {
     }
 
     fn server(&self) -> TestServer {
+        self.server_with(|_| {})
+    }
+
+    fn server_with(&self, adjust: impl FnOnce(&mut inferd::config::ServeConfig)) -> TestServer {
         let files = TlsFiles {
             cert: self.path("server.pem"),
             key: self.path("server.key"),
@@ -78,6 +86,7 @@ impl Pki {
                 files,
             });
             c.access = Some(access);
+            adjust(c);
         })
     }
 
@@ -354,4 +363,43 @@ fn tls_listener_without_client_certificates() {
     // The wrong name is refused by the client.
     let wrong = ClientTls::from_files(&pki.path("ca.pem"), None, "example.org").unwrap();
     assert!(connect(&server, wrong).is_err());
+}
+
+#[test]
+fn admin_operations_need_a_grant_or_loopback() {
+    let pki = Pki::new("admin");
+    let server = pki.server();
+    // A device without the admin grant.
+    let device = connect(&server, pki.client("device-1")).unwrap();
+    assert_eq!(
+        device.reload().unwrap_err().code(),
+        Some(ErrorCode::NOT_AUTHORIZED)
+    );
+    // An identity granted admin.
+    connect(&server, pki.client("ops"))
+        .unwrap()
+        .reload()
+        .unwrap();
+    // Plain TCP from loopback, no certificate: allowed by default...
+    let local = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
+    local.reload().unwrap();
+    // ...and refused when the loopback rule is off.
+    let strict = pki.server_with(|c| c.admin_loopback = false);
+    let local = BlockingClient::connect(strict.addr, ClientOptions::default()).unwrap();
+    assert_eq!(
+        local.reload().unwrap_err().code(),
+        Some(ErrorCode::NOT_AUTHORIZED)
+    );
+    // A reload that fails answers INTERNAL and keeps the material in force.
+    std::fs::write(pki.path("access.toml"), "[identity.broken\n").unwrap();
+    let ops = connect(&strict, pki.client("ops")).unwrap();
+    assert_eq!(ops.reload().unwrap_err().code(), Some(ErrorCode::INTERNAL));
+    connect(&strict, pki.client("ops")).unwrap().ping().unwrap();
+    assert_eq!(
+        device
+            .infer("digits-mlp", None, &[digits_input()], None)
+            .unwrap()
+            .version,
+        1
+    );
 }
