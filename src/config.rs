@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// a larger response is answered RESPONSE_TOO_LARGE. [default: 4194304]
     #[arg(long, env = "INFERD_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u32>,
+    /// Most rows one batch may hold, for models that batch (manifest `batch_axis = 0`); 1 turns
+    /// batching off. A model's manifest may set its own `max_batch`. [default: 32]
+    #[arg(long, env = "INFERD_MAX_BATCH")]
+    pub max_batch: Option<u64>,
     /// Jobs waiting for a worker, all connections together; one more is answered OVERLOADED.
     /// [default: 256]
     #[arg(long, env = "INFERD_QUEUE_CAPACITY")]
@@ -108,6 +112,7 @@ struct FileConfig {
     max_in_flight: Option<u32>,
     max_frame_bytes: Option<u32>,
     queue_capacity: Option<usize>,
+    max_batch: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u32>,
     frame_timeout_ms: Option<u64>,
@@ -140,6 +145,8 @@ pub struct ServeConfig {
     pub max_frame_bytes: u32,
     /// Global queue capacity.
     pub queue_capacity: usize,
+    /// Most rows per batch (1: no batching).
+    pub max_batch: u64,
     /// Hello must arrive within this.
     pub handshake_timeout: Duration,
     /// Idle connections are closed after this (stated to clients in milliseconds).
@@ -274,6 +281,7 @@ impl ServeConfig {
                 .or(file.max_frame_bytes)
                 .unwrap_or(4 << 20),
             queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(256),
+            max_batch: args.max_batch.or(file.max_batch).unwrap_or(32),
             handshake_timeout: ms(args
                 .handshake_timeout_ms
                 .or(file.handshake_timeout_ms)
@@ -319,6 +327,10 @@ impl ServeConfig {
         check(
             (1..=64).contains(&self.io_threads),
             "io_threads must be 1..=64",
+        )?;
+        check(
+            (1..=65_536).contains(&self.max_batch),
+            "max_batch must be 1..=65536",
         )?;
         check(
             self.max_connections >= 1,

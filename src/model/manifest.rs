@@ -24,6 +24,8 @@ pub struct Manifest {
     pub licence: String,
     /// Axis along which requests can be batched.
     pub batch_axis: Option<u8>,
+    /// Most rows one batch of this model may hold (overrides `--max-batch`; 1 turns batching off).
+    pub max_batch: Option<u64>,
     /// Input facts, replacing those the ONNX file declares; empty: use the file's.
     pub inputs: Vec<IoSpec>,
     /// Tolerance for comparing outputs with the shipped references.
@@ -49,6 +51,7 @@ struct Raw {
     #[serde(default)]
     licence: String,
     batch_axis: Option<u8>,
+    max_batch: Option<u64>,
     #[serde(default)]
     inputs: Vec<RawInput>,
     tolerance: Option<Tolerance>,
@@ -136,6 +139,7 @@ impl Manifest {
             description: raw.description,
             licence: raw.licence,
             batch_axis: raw.batch_axis,
+            max_batch: raw.max_batch.map(|n| n.max(1)),
             inputs,
             tolerance: raw.tolerance,
         })

@@ -29,6 +29,9 @@ pub struct ServedModel {
     pub manifest: Manifest,
     /// The loaded model.
     pub runtime: Runtime,
+    /// Requests can be stacked along axis 0: the manifest says `batch_axis = 0` and every input and
+    /// output has a symbolic first dimension.
+    pub batchable: bool,
 }
 
 /// All served models, immutable once built.
@@ -99,6 +102,17 @@ impl Registry {
                     outputs.join("; ")
                 );
                 let manifest = manifest.unwrap_or_default();
+                let symbolic_first = |specs: &[super::IoSpec]| {
+                    specs
+                        .iter()
+                        .all(|s| matches!(s.shape.first(), Some(super::DimSpec::Symbol(_))))
+                };
+                let batchable = manifest.batch_axis == Some(0)
+                    && symbolic_first(runtime.inputs())
+                    && symbolic_first(runtime.outputs());
+                if manifest.batch_axis.is_some() && !batchable {
+                    log::warn!("{name} v{version}: batch_axis is set but the model's shapes do not allow stacking on axis 0; not batching");
+                }
                 versions.insert(
                     version,
                     Arc::new(ServedModel {
@@ -106,6 +120,7 @@ impl Registry {
                         version,
                         manifest,
                         runtime,
+                        batchable,
                     }),
                 );
             }

@@ -1,17 +1,25 @@
-//! The bounded job queue and the dedicated inference worker threads.
+//! Per-model queues, dynamic batching, and the dedicated inference worker threads.
 //!
-//! Connections validate a request, then [`Scheduler::submit`] it: the queue is bounded and a full queue
-//! is refused at once with `OVERLOADED` (never waited on), so overload shows up as a fast, explicit
-//! answer rather than as latency. Worker threads (one per core by default) take jobs in arrival order
-//! and run them; tract never runs on an executor thread. A job whose client has gone, or whose deadline
-//! has passed, is dropped without being computed.
+//! Connections validate a request, then [`Scheduler::submit`] it. The queues are bounded (all models
+//! together): a full scheduler refuses at once with `OVERLOADED`, never waits, so overload shows up as
+//! a fast, explicit answer rather than as latency. When a worker thread is free it takes the oldest
+//! request, and, for a model that batches (a symbolic batch axis 0 on every input and output), every
+//! queued request of that model with the same shape, up to `max_batch` rows, stacks them, runs the
+//! model once and splits the outputs back (`policy`, `batch`). A batch is never waited for: batches form
+//! only from requests that queued while the workers were busy. Requests whose client has gone or whose
+//! deadline has passed are taken out without being computed. tract never runs on an executor thread.
 
+mod batch;
+pub mod policy;
+
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::Sender;
 use inferd_proto::ErrorCode;
 
 use crate::error::RequestError;
@@ -48,31 +56,115 @@ pub struct Job {
     pub reply: Sender<Completion>,
 }
 
-/// The queue and its worker threads.
+impl Job {
+    fn live(&self, now: Instant) -> bool {
+        now < self.deadline && !self.reply.is_closed()
+    }
+
+    fn answer(self, result: JobResult) {
+        let Job {
+            id, model, reply, ..
+        } = self;
+        // The receiver may have gone meanwhile; nothing to do then.
+        let _ = reply.try_send(Completion { id, model, result });
+    }
+}
+
+/// Counts since start, for tests and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Model executions (a batch counts once).
+    pub executions: u64,
+    /// Requests computed (a batch of 8 counts 8).
+    pub computed: u64,
+    /// Executions that carried more than one request.
+    pub batches: u64,
+    /// Requests answered `DEADLINE_EXCEEDED` without being computed.
+    pub expired: u64,
+    /// Requests dropped because their client had gone.
+    pub abandoned: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    executions: AtomicU64,
+    computed: AtomicU64,
+    batches: AtomicU64,
+    expired: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// A queued job with what the policy needs, computed once at submission.
+#[derive(Debug)]
+struct Queued {
+    seq: u64,
+    rows: u64,
+    key: Vec<u64>,
+    job: Job,
+}
+
+#[derive(Debug)]
+struct ModelQueue {
+    model: Arc<ServedModel>,
+    jobs: VecDeque<Queued>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queues: Vec<ModelQueue>,
+    total: usize,
+    next_seq: u64,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    ready: Condvar,
+    capacity: usize,
+    max_batch: u64,
+    counters: Counters,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent (pushes and removals only).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The queues and their worker threads.
 #[derive(Debug)]
 pub struct Scheduler {
-    tx: Sender<Job>,
+    shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Scheduler {
-    /// Starts `workers` threads behind a queue of `capacity` jobs.
+    /// Starts `workers` threads behind queues holding at most `capacity` jobs in all, batching up to
+    /// `max_batch` rows (1: no batching).
     ///
     /// # Errors
     /// If a thread cannot be spawned.
-    pub fn start(workers: usize, capacity: usize) -> std::io::Result<Scheduler> {
-        let (tx, rx) = async_channel::bounded(capacity.max(1));
+    pub fn start(workers: usize, capacity: usize, max_batch: u64) -> std::io::Result<Scheduler> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            capacity: capacity.max(1),
+            max_batch: max_batch.max(1),
+            counters: Counters::default(),
+        });
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers.max(1) {
-            let rx = rx.clone();
+            let shared = Arc::clone(&shared);
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("inferd-worker-{i}"))
-                    .spawn(move || work(&rx))?,
+                    .spawn(move || work(&shared))?,
             );
         }
         Ok(Scheduler {
-            tx,
+            shared,
             workers: Mutex::new(handles),
         })
     }
@@ -80,30 +172,77 @@ impl Scheduler {
     /// Queues a job, or refuses it at once.
     ///
     /// # Errors
-    /// `OVERLOADED` when the queue is full, `SHUTTING_DOWN` once [`Scheduler::shutdown`] has begun.
+    /// `OVERLOADED` when the queues are full, `SHUTTING_DOWN` once [`Scheduler::shutdown`] has begun.
     pub fn submit(&self, job: Job) -> Result<(), RequestError> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => {
-                RequestError::new(ErrorCode::OVERLOADED, "the inference queue is full")
+        let (rows, key) = batch_shape(&job);
+        {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(RequestError::new(
+                    ErrorCode::SHUTTING_DOWN,
+                    "the server is shutting down",
+                ));
             }
-            TrySendError::Closed(_) => {
-                RequestError::new(ErrorCode::SHUTTING_DOWN, "the server is shutting down")
+            if st.total >= self.shared.capacity {
+                return Err(RequestError::new(
+                    ErrorCode::OVERLOADED,
+                    format!(
+                        "the inference queues are full ({} requests waiting)",
+                        st.total
+                    ),
+                ));
             }
-        })
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.total += 1;
+            let queued = Queued {
+                seq,
+                rows,
+                key,
+                job,
+            };
+            match st
+                .queues
+                .iter_mut()
+                .find(|q| Arc::ptr_eq(&q.model, &queued.job.model))
+            {
+                Some(q) => q.jobs.push_back(queued),
+                None => {
+                    let model = Arc::clone(&queued.job.model);
+                    st.queues.push(ModelQueue {
+                        model,
+                        jobs: VecDeque::from([queued]),
+                    });
+                }
+            }
+        }
+        self.shared.ready.notify_one();
+        Ok(())
     }
 
     /// Jobs waiting for a worker.
     pub fn queued(&self) -> usize {
-        self.tx.len()
+        self.shared.lock().total
     }
 
-    /// Closes the queue, lets the workers finish what is queued, and joins them.
+    /// Counts since start.
+    pub fn stats(&self) -> SchedulerStats {
+        let c = &self.shared.counters;
+        SchedulerStats {
+            executions: c.executions.load(Ordering::Relaxed),
+            computed: c.computed.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Refuses new jobs, lets the workers finish what is queued, and joins them.
     pub fn shutdown(&self) {
-        self.tx.close();
-        let handles = match self.workers.lock() {
-            Ok(mut h) => std::mem::take(&mut *h),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_all();
+        let handles =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         for h in handles {
             if h.join().is_err() {
                 log::error!("an inference worker thread panicked outside a job");
@@ -118,53 +257,181 @@ impl Drop for Scheduler {
     }
 }
 
-fn work(rx: &Receiver<Job>) {
-    while let Ok(job) = rx.recv_blocking() {
-        if job.reply.is_closed() {
-            log::debug!(
-                "dropping a job for {} v{}: its client has gone",
-                job.model.name,
-                job.model.version
-            );
-            continue;
-        }
-        let Job {
-            id,
-            model,
-            inputs,
-            deadline,
-            reply,
-        } = job;
-        if Instant::now() >= deadline {
-            let result = Err(RequestError::new(
-                ErrorCode::DEADLINE_EXCEEDED,
-                "the deadline passed while the request was queued; it was not run",
-            ));
-            let _ = reply.try_send(Completion { id, model, result });
-            continue;
-        }
-        let result = match catch_unwind(AssertUnwindSafe(|| model.runtime.run(inputs))) {
-            Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(e)) => {
-                log::warn!("{} v{} failed: {e}", model.name, model.version);
-                Err(RequestError::new(
-                    ErrorCode::INTERNAL,
-                    format!("the model failed: {e}"),
-                ))
-            }
-            Err(_) => {
-                log::error!(
-                    "{} v{} panicked while running a request",
+/// Rows along the batch axis and the shape key (every input's shape without axis 0), for a model that
+/// batches; `(1, [])` otherwise.
+fn batch_shape(job: &Job) -> (u64, Vec<u64>) {
+    if !job.model.batchable {
+        return (1, Vec::new());
+    }
+    let rows = job
+        .inputs
+        .first()
+        .and_then(|t| t.shape.first())
+        .copied()
+        .unwrap_or(1);
+    let mut key = Vec::new();
+    for t in &job.inputs {
+        key.extend(t.shape.iter().skip(1));
+        key.push(u64::MAX); // separator: [2,3]+[4] differs from [2]+[3,4]
+    }
+    (rows, key)
+}
+
+/// A worker: take the next batch, answer the dead, run the live, until shut down and drained.
+fn work(shared: &Shared) {
+    while let Some((model, batch, dead)) = next_batch(shared) {
+        for job in dead {
+            if job.reply.is_closed() {
+                shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                log::debug!(
+                    "dropping a job for {} v{}: its client has gone",
                     model.name,
                     model.version
                 );
-                Err(RequestError::new(
-                    ErrorCode::INTERNAL,
-                    "the model panicked on this input",
-                ))
+            } else {
+                shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                job.answer(Err(RequestError::new(
+                    ErrorCode::DEADLINE_EXCEEDED,
+                    "the deadline passed while the request was queued; it was not run",
+                )));
             }
-        };
-        // The receiver may have gone meanwhile; nothing to do then.
-        let _ = reply.try_send(Completion { id, model, result });
+        }
+        if !batch.is_empty() {
+            run(shared, &model, batch);
+        }
+    }
+}
+
+type Taken = (Arc<ServedModel>, Vec<Job>, Vec<Job>);
+
+/// Blocks until there is work (or shutdown with nothing left), then takes one batch out of the queue
+/// whose oldest request is oldest.
+fn next_batch(shared: &Shared) -> Option<Taken> {
+    let mut st = shared.lock();
+    loop {
+        let oldest = st
+            .queues
+            .iter()
+            .enumerate()
+            .filter_map(|(ix, q)| q.jobs.front().map(|j| (j.seq, ix)))
+            .min()
+            .map(|(_, ix)| ix);
+        if let Some(ix) = oldest {
+            let now = Instant::now();
+            let q = &mut st.queues[ix];
+            let max_rows = if q.model.batchable {
+                q.model.manifest.max_batch.unwrap_or(shared.max_batch)
+            } else {
+                1
+            };
+            let entries: Vec<policy::Entry<'_>> = q
+                .jobs
+                .iter()
+                .map(|j| policy::Entry {
+                    rows: j.rows,
+                    key: &j.key,
+                    live: j.job.live(now),
+                })
+                .collect();
+            let take = policy::take(&entries, max_rows);
+            let model = Arc::clone(&q.model);
+            let mut chosen: Vec<(usize, bool)> = take
+                .batch
+                .iter()
+                .map(|&i| (i, true))
+                .chain(take.dead.iter().map(|&i| (i, false)))
+                .collect();
+            // Remove from the back so earlier indices stay valid.
+            chosen.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
+            let (mut batch, mut dead) = (Vec::new(), Vec::new());
+            for (i, live) in chosen {
+                if let Some(queued) = q.jobs.remove(i) {
+                    if live {
+                        batch.push(queued.job)
+                    } else {
+                        dead.push(queued.job)
+                    }
+                }
+            }
+            batch.reverse();
+            let taken = batch.len() + dead.len();
+            st.total -= taken;
+            return Some((model, batch, dead));
+        }
+        if st.closed {
+            return None;
+        }
+        st = shared
+            .ready
+            .wait(st)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// Runs a batch: one execution for all, or one each if the batch cannot be split (or failed, so that
+/// one bad request cannot fail the others).
+fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
+    let c = &shared.counters;
+    if batch.len() > 1 {
+        let rows: Vec<u64> = batch
+            .iter()
+            .map(|j| {
+                j.inputs
+                    .first()
+                    .and_then(|t| t.shape.first())
+                    .copied()
+                    .unwrap_or(1)
+            })
+            .collect();
+        let refs: Vec<&[HostTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
+        let stacked = batch::stack(&refs);
+        c.executions.fetch_add(1, Ordering::Relaxed);
+        if let Ok(outputs) = execute(model, stacked) {
+            if let Some(split) = batch::split(outputs, &rows) {
+                c.batches.fetch_add(1, Ordering::Relaxed);
+                c.computed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (job, outputs) in batch.into_iter().zip(split) {
+                    job.answer(Ok(outputs));
+                }
+                return;
+            }
+            log::warn!(
+                "{} v{}: batched outputs cannot be split by rows; running one by one",
+                model.name,
+                model.version
+            );
+        }
+    }
+    for mut job in batch {
+        let inputs = std::mem::take(&mut job.inputs);
+        c.executions.fetch_add(1, Ordering::Relaxed);
+        c.computed.fetch_add(1, Ordering::Relaxed);
+        let result = execute(model, inputs);
+        job.answer(result);
+    }
+}
+
+/// One model execution, with a panic in the model turned into an error for these requests only.
+fn execute(model: &ServedModel, inputs: Vec<HostTensor>) -> JobResult {
+    match catch_unwind(AssertUnwindSafe(|| model.runtime.run(inputs))) {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(e)) => {
+            log::warn!("{} v{} failed: {e}", model.name, model.version);
+            Err(RequestError::new(
+                ErrorCode::INTERNAL,
+                format!("the model failed: {e}"),
+            ))
+        }
+        Err(_) => {
+            log::error!(
+                "{} v{} panicked while running a request",
+                model.name,
+                model.version
+            );
+            Err(RequestError::new(
+                ErrorCode::INTERNAL,
+                "the model panicked on this input",
+            ))
+        }
     }
 }

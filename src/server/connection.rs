@@ -156,9 +156,10 @@ impl Who<'_> {
 
 /// Why the reader stopped.
 enum Close {
-    /// End of stream or drained shutdown: finish in-flight work first.
+    /// Drained shutdown: in-flight work is finished first.
     Graceful,
-    /// Fatal error: close after the control queue is written.
+    /// Fatal error, or the peer closed: close after the control queue is written, abandoning what is
+    /// still in flight.
     Now,
 }
 
@@ -270,7 +271,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         let first = match first {
             Ok(b) => b,
-            Err(ReadError::Closed) => return Close::Graceful,
+            // The peer closed its side: everything it still has in flight is cancelled (queued jobs
+            // are skipped by the workers), rather than computed for nobody.
+            Err(ReadError::Closed) => return Close::Now,
             Err(e) => {
                 log::debug!("{peer}: read failed: {e:?}");
                 return Close::Now;

@@ -158,6 +158,11 @@ impl ServerHandle {
         self.ctx.scheduler.queued()
     }
 
+    /// The scheduler's counts: executions, requests computed, batches, expired, abandoned.
+    pub fn scheduler_stats(&self) -> crate::scheduler::SchedulerStats {
+        self.ctx.scheduler.stats()
+    }
+
     /// Refusals so far, by cause.
     pub fn refusals(&self) -> RefusalCounts {
         self.ctx.refusals.counts()
@@ -193,7 +198,7 @@ impl Server {
             Some(path) => AccessPolicy::load(path)?,
             None => AccessPolicy::open(),
         };
-        let scheduler = Scheduler::start(config.workers, config.queue_capacity)
+        let scheduler = Scheduler::start(config.workers, config.queue_capacity, config.max_batch)
             .map_err(|e| format!("starting workers: {e}"))?;
         let ctx = Arc::new(Ctx {
             config,

@@ -106,12 +106,12 @@ fn request_errors_have_their_codes_and_keep_the_connection() {
 /// Rows in the batch that keeps the single worker busy: about 3 MB of input (under the 4 MiB frame
 /// limit) and tens of milliseconds of compute, against well under a millisecond to send the small
 /// requests that a test then queues behind it.
-const SLOW_ROWS: usize = 12_000;
+pub const SLOW_ROWS: usize = 12_000;
 
 /// Occupies the single worker with one large digits batch on a connection of its own, and waits until
 /// the worker has taken it: the request is admitted before the ping behind it is answered, and then the
 /// queue is seen empty.
-fn occupy_worker(server: &TestServer) -> Raw {
+pub fn occupy_worker(server: &TestServer) -> Raw {
     let mut blocker = Raw::ready(server.addr);
     let row = digits_input();
     let mut batch = row.clone();
@@ -132,7 +132,7 @@ fn occupy_worker(server: &TestServer) -> Raw {
 }
 
 /// The blocker's one answer: the batch's result.
-fn release(blocker: &mut Raw) {
+pub fn release(blocker: &mut Raw) {
     assert!(matches!(blocker.recv(), Some(Got::Result { id: 0, .. })));
 }
 

@@ -14,5 +14,6 @@ mod harness;
 mod load;
 mod models;
 mod raw;
+mod scheduling;
 mod shutdown;
 mod tls;

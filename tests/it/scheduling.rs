@@ -1,0 +1,170 @@
+//! The scheduler: dynamic batching, deadlines, and clients that leave, checked by what was computed.
+
+use std::time::{Duration, Instant};
+
+use inferd::proto::ErrorCode;
+use inferd::tensor::HostTensor;
+
+use crate::errors::{occupy_worker, release};
+use crate::harness::{digits_input, ppocr_input, TestServer};
+use crate::raw::{Got, Raw};
+
+/// Waits until the scheduler has nothing queued.
+fn drained(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.handle.queued() > 0 {
+        assert!(Instant::now() < deadline, "the queue never drained");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Eight different digit images (the sample, scaled), one row each.
+fn variants() -> Vec<HostTensor> {
+    let x = digits_input().as_f32().unwrap();
+    (0..8)
+        .map(|i| {
+            let scaled: Vec<f32> = x.iter().map(|v| v * (1.0 - i as f32 * 0.1)).collect();
+            HostTensor::from_f32("X", &[1, 64], &scaled)
+        })
+        .collect()
+}
+
+fn results(raw: &mut Raw, n: usize) -> Vec<(u32, Vec<HostTensor>)> {
+    let mut got: Vec<(u32, Vec<HostTensor>)> = (0..n)
+        .map(|_| match raw.recv() {
+            Some(Got::Result { id, outputs }) => (id, outputs),
+            other => panic!("expected a result, got {other:?}"),
+        })
+        .collect();
+    got.sort_by_key(|(id, _)| *id);
+    got
+}
+
+#[test]
+fn queued_requests_run_as_one_batch_with_the_same_outputs() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let inputs = variants();
+
+    // Unbatched: one at a time, nothing else queued.
+    let mut raw = Raw::ready(server.addr);
+    let mut alone = Vec::new();
+    for (i, x) in inputs.iter().enumerate() {
+        raw.infer(i as u32, "digits-mlp", std::slice::from_ref(x));
+        alone.push(results(&mut raw, 1).remove(0).1);
+    }
+    let before = server.handle.scheduler_stats();
+    assert_eq!(before.batches, 0);
+
+    // Batched: the same eight queue behind a busy worker, then run together.
+    let mut blocker = occupy_worker(&server);
+    for (i, x) in inputs.iter().enumerate() {
+        raw.infer(100 + i as u32, "digits-mlp", std::slice::from_ref(x));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.handle.queued() < 8 {
+        assert!(Instant::now() < deadline, "the requests never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    release(&mut blocker);
+    let batched = results(&mut raw, 8);
+    let after = server.handle.scheduler_stats();
+    assert_eq!(
+        after.executions - before.executions,
+        2,
+        "the blocker, then one execution for all eight"
+    );
+    assert_eq!(after.batches - before.batches, 1);
+    assert_eq!(after.computed - before.computed, 9);
+    for ((id, outputs), single) in batched.iter().zip(&alone) {
+        assert_eq!(outputs[0].shape, vec![1], "request {id}: its own row only");
+        assert_eq!(outputs[0].data, single[0].data, "request {id}: same label");
+        assert_eq!(outputs[1].shape, vec![1, 10]);
+        // tract multiplies one row (GEMV) and several rows (GEMM) with different kernels, which add
+        // in different orders: the probabilities may differ in their last bits, never more.
+        let (got, want) = (outputs[1].as_f32().unwrap(), single[1].as_f32().unwrap());
+        for (g, w) in got.iter().zip(&want) {
+            let ulps = (i64::from(g.to_bits()) - i64::from(w.to_bits())).abs();
+            assert!(ulps <= 4, "request {id}: {g} vs {w} ({ulps} ulps apart)");
+        }
+    }
+}
+
+#[test]
+fn models_without_a_batch_axis_run_one_by_one() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let mut blocker = occupy_worker(&server);
+    let mut raw = Raw::ready(server.addr);
+    for id in 0..3 {
+        raw.infer(id, "ppocr-cls", &[ppocr_input()]);
+    }
+    let before = server.handle.scheduler_stats();
+    release(&mut blocker);
+    results(&mut raw, 3);
+    let after = server.handle.scheduler_stats();
+    // (The blocker was counted when it started, before `before`.)
+    assert_eq!(after.executions - before.executions, 3, "three single runs");
+    assert_eq!(after.batches, before.batches);
+}
+
+#[test]
+fn expired_requests_are_answered_and_never_computed() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let mut blocker = occupy_worker(&server);
+    let mut raw = Raw::ready(server.addr);
+    // 1 ms: long expired when the worker frees up.
+    raw.infer_with(1, "digits-mlp", None, Some(1), &[digits_input()]);
+    raw.infer_with(2, "digits-mlp", None, Some(0), &[digits_input()]);
+    let before = server.handle.scheduler_stats();
+    release(&mut blocker);
+    for _ in 0..2 {
+        match raw.recv() {
+            Some(Got::Error {
+                code: ErrorCode::DEADLINE_EXCEEDED,
+                ..
+            }) => {}
+            other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
+        }
+    }
+    let after = server.handle.scheduler_stats();
+    assert_eq!(
+        after.executions, before.executions,
+        "nothing ran after the blocker"
+    );
+    assert_eq!(after.expired - before.expired, 2);
+}
+
+#[test]
+fn a_client_that_leaves_costs_no_compute() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let mut blocker = occupy_worker(&server);
+    let mut leaver = Raw::ready(server.addr);
+    for id in 0..5 {
+        leaver.infer(id, "digits-mlp", &[digits_input()]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.handle.queued() < 5 {
+        assert!(Instant::now() < deadline, "the requests never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(leaver);
+    // The server notices the close (the connection's completion channel closes) long before the
+    // worker is free: the blocker takes tens of milliseconds.
+    std::thread::sleep(Duration::from_millis(5));
+    let before = server.handle.scheduler_stats();
+    release(&mut blocker);
+    drained(&server);
+    // Give the worker the moment it needs after taking them off the queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.handle.scheduler_stats().abandoned - before.abandoned < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "abandoned requests were not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let after = server.handle.scheduler_stats();
+    assert_eq!(
+        after.executions, before.executions,
+        "nothing ran after the blocker"
+    );
+}
