@@ -76,6 +76,8 @@ codes! {
     SHUTTING_DOWN = 22, "shutting_down";
     /// The request's deadline passed before it was computed; it was not run.
     DEADLINE_EXCEEDED = 23, "deadline_exceeded";
+    /// The client cancelled the request before it started; it was not run.
+    CANCELLED = 24, "cancelled";
 
     // Server faults.
     /// The model failed while running this request (logged on the server).

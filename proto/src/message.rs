@@ -43,6 +43,12 @@ pub enum Request<'a> {
         /// Request id echoed in the `Done`.
         id: u32,
     },
+    /// Cancel the in-flight `Infer` request `id` of this connection. Not answered itself: the
+    /// cancelled request is answered `CANCELLED` if it had not started, else as usual. Index 6.
+    Cancel {
+        /// The request to cancel.
+        id: u32,
+    },
 }
 
 impl Request<'_> {
@@ -51,7 +57,10 @@ impl Request<'_> {
         match self {
             Request::Hello(_) => None,
             Request::Infer(r) => Some(r.id),
-            Request::ListModels { id } | Request::Ping { id } | Request::Reload { id } => Some(*id),
+            Request::ListModels { id }
+            | Request::Ping { id }
+            | Request::Reload { id }
+            | Request::Cancel { id } => Some(*id),
             Request::ModelInfo(r) => Some(r.id),
         }
     }

@@ -88,6 +88,11 @@ fn requests() {
         "49 4e 46 44 01 00 00 00 02 00 00 00 05 09",
         &mut buf,
     );
+    golden(
+        &Request::Cancel { id: 9 },
+        "49 4e 46 44 01 00 00 00 02 00 00 00 06 09",
+        &mut buf,
+    );
 }
 
 #[test]

@@ -307,6 +307,16 @@ impl Client {
         if result.is_err() {
             self.lock_pending().remove(&id);
         }
+        if matches!(result, Err(ClientError::Timeout)) {
+            // Nobody waits for it any more: tell the server, so it is not computed for nobody. Best
+            // effort, briefly; a connection that cannot take a small frame is failing anyway.
+            if let Ok(frame) =
+                encode_frame_vec(&Request::Cancel { id }, self.limits.max_frame_bytes)
+            {
+                let mut w = self.writer.lock().await;
+                let _ = write_frame(&mut *w, &frame, Duration::from_millis(100)).await;
+            }
+        }
         result
     }
 

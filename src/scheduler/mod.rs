@@ -14,7 +14,7 @@ pub mod policy;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -54,11 +54,13 @@ pub struct Job {
     /// The connection's completion channel; closed means the client has gone. It has room for every
     /// request the connection may have in flight, so a worker never waits on it.
     pub reply: Sender<Completion>,
+    /// Set when the client cancels the request.
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Job {
     fn live(&self, now: Instant) -> bool {
-        now < self.deadline && !self.reply.is_closed()
+        now < self.deadline && !self.reply.is_closed() && !self.cancel.load(Ordering::Acquire)
     }
 
     fn answer(self, result: JobResult) {
@@ -83,6 +85,8 @@ pub struct SchedulerStats {
     pub expired: u64,
     /// Requests dropped because their client had gone.
     pub abandoned: u64,
+    /// Requests cancelled by their client before they started.
+    pub cancelled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +96,7 @@ struct Counters {
     batches: AtomicU64,
     expired: AtomicU64,
     abandoned: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// A queued job with what the policy needs, computed once at submission.
@@ -234,6 +239,34 @@ impl Scheduler {
             batches: c.batches.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Cancels the queued job carrying `flag`: it is taken out of its queue at once and answered
+    /// `CANCELLED`. A job already running (or done) keeps its result; the flag is set either way.
+    pub fn cancel(&self, flag: &Arc<AtomicBool>) {
+        flag.store(true, Ordering::Release);
+        let removed = {
+            let mut st = self.shared.lock();
+            let found = st.queues.iter_mut().find_map(|q| {
+                let ix = q
+                    .jobs
+                    .iter()
+                    .position(|j| Arc::ptr_eq(&j.job.cancel, flag))?;
+                q.jobs.remove(ix)
+            });
+            if found.is_some() {
+                st.total -= 1;
+            }
+            found
+        };
+        if let Some(queued) = removed {
+            self.shared
+                .counters
+                .cancelled
+                .fetch_add(1, Ordering::Relaxed);
+            queued.job.answer(Err(cancelled()));
         }
     }
 
@@ -281,7 +314,10 @@ fn batch_shape(job: &Job) -> (u64, Vec<u64>) {
 fn work(shared: &Shared) {
     while let Some((model, batch, dead)) = next_batch(shared) {
         for job in dead {
-            if job.reply.is_closed() {
+            if job.cancel.load(Ordering::Acquire) {
+                shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                job.answer(Err(cancelled()));
+            } else if job.reply.is_closed() {
                 shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
                 log::debug!(
                     "dropping a job for {} v{}: its client has gone",
@@ -303,6 +339,13 @@ fn work(shared: &Shared) {
 }
 
 type Taken = (Arc<ServedModel>, Vec<Job>, Vec<Job>);
+
+fn cancelled() -> RequestError {
+    RequestError::new(
+        ErrorCode::CANCELLED,
+        "cancelled by the client before it started; it was not run",
+    )
+}
 
 /// Blocks until there is work (or shutdown with nothing left), then takes one batch out of the queue
 /// whose oldest request is oldest.

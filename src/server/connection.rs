@@ -7,13 +7,11 @@
 //! and nothing else. When shutdown begins the reader keeps answering (`SHUTTING_DOWN` to new inference
 //! requests) until the connection's in-flight requests are all written, then closes.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use event_listener::Event;
 use futures_lite::future::or;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use inferd_proto::codec::encode_frame_vec;
@@ -22,6 +20,7 @@ use inferd_proto::{
     ModelEntry, ModelList, Request, Response, Welcome, MAX_MODELS, PROTOCOL_VERSION,
 };
 
+use super::in_flight::InFlight;
 use super::wire::{model_info, outputs_to_wire};
 use super::Ctx;
 use crate::error::RequestError;
@@ -309,6 +308,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return Close::Now;
             }
             Request::Ping { id } => encode(&Response::Pong { id }, ctx),
+            // Not answered itself: the cancelled request is (CANCELLED if it had not started).
+            Request::Cancel { id } => {
+                if let Some(flag) = in_flight.cancel_flag(id) {
+                    ctx.scheduler.cancel(&flag);
+                }
+                None
+            }
             Request::ListModels { id } => encode(&list_models(id, ctx, who), ctx),
             // Reload reads a few small files; done inline, it delays this connection's reads by a
             // moment and nothing else.
@@ -377,7 +383,7 @@ fn admit(
     });
     let now = Instant::now();
     let deadline = now.checked_add(allowed).unwrap_or(now);
-    in_flight.admit(q.id)?;
+    let cancel = in_flight.admit(q.id)?;
     let inputs: Vec<HostTensor> = order
         .iter()
         .map(|&i| HostTensor::from_wire(&q.inputs[i]))
@@ -388,6 +394,7 @@ fn admit(
         inputs,
         deadline,
         reply: done.clone(),
+        cancel,
     };
     ctx.scheduler
         .submit(job)
@@ -540,65 +547,4 @@ async fn linger<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut 
         }
     })
     .await;
-}
-
-/// The ids this connection has in flight, capped.
-struct InFlight {
-    ids: Mutex<HashSet<u32>>,
-    cap: usize,
-    emptied: Event,
-}
-
-impl InFlight {
-    fn new(cap: usize) -> Self {
-        InFlight {
-            ids: Mutex::new(HashSet::new()),
-            cap,
-            emptied: Event::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
-        // The set stays consistent even if a holder panicked: every operation is a single insert/remove.
-        self.ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn admit(&self, id: u32) -> Result<(), RequestError> {
-        let mut ids = self.lock();
-        if ids.contains(&id) {
-            return Err(RequestError::new(
-                ErrorCode::DUPLICATE_REQUEST_ID,
-                format!("request id {id} is already in flight"),
-            ));
-        }
-        if ids.len() >= self.cap {
-            return Err(RequestError::new(
-                ErrorCode::TOO_MANY_IN_FLIGHT,
-                format!(
-                    "this connection already has {} requests in flight",
-                    self.cap
-                ),
-            ));
-        }
-        ids.insert(id);
-        Ok(())
-    }
-
-    fn finish(&self, id: u32) {
-        let mut ids = self.lock();
-        ids.remove(&id);
-        if ids.is_empty() {
-            self.emptied.notify(usize::MAX);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    async fn wait_empty(&self) {
-        crate::tracker::wait_until(&self.emptied, || self.is_empty()).await;
-    }
 }

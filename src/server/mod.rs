@@ -6,6 +6,7 @@
 
 pub mod access;
 mod connection;
+mod in_flight;
 mod shutdown;
 pub mod tls;
 mod wire;

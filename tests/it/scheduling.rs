@@ -168,3 +168,76 @@ fn a_client_that_leaves_costs_no_compute() {
         "nothing ran after the blocker"
     );
 }
+
+#[test]
+fn cancel_takes_a_queued_request_out_without_computing_it() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let mut blocker = occupy_worker(&server);
+    let mut raw = Raw::ready(server.addr);
+    for id in 1..=3 {
+        raw.infer(id, "digits-mlp", &[digits_input()]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.handle.queued() < 3 {
+        assert!(Instant::now() < deadline, "the requests never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = server.handle.scheduler_stats();
+    raw.send(&inferd::proto::Request::Cancel { id: 2 });
+    // Answered at once, while the worker is still busy with the blocker.
+    match raw.recv() {
+        Some(Got::Error {
+            id: Some(2),
+            code: ErrorCode::CANCELLED,
+            ..
+        }) => {}
+        other => panic!("expected request 2 CANCELLED, got {other:?}"),
+    }
+    assert_eq!(server.handle.queued(), 2);
+    // Cancelling what is not in flight does nothing and is not answered: the next frame is the pong.
+    raw.send(&inferd::proto::Request::Cancel { id: 77 });
+    raw.send(&inferd::proto::Request::Ping { id: 78 });
+    assert_eq!(raw.recv(), Some(Got::Other(Some(78))));
+    release(&mut blocker);
+    let ids: Vec<u32> = results(&mut raw, 2).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![1, 3]);
+    let after = server.handle.scheduler_stats();
+    assert_eq!(after.cancelled - before.cancelled, 1);
+    assert_eq!(after.computed - before.computed, 2, "requests 1 and 3 only");
+}
+
+#[test]
+fn a_client_that_stops_waiting_cancels_its_request() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let mut blocker = occupy_worker(&server);
+    // A second large batch queues behind the first: the worker stays busy for a good while.
+    let mut second = Raw::ready(server.addr);
+    let mut batch = digits_input();
+    batch.data = batch.data.repeat(crate::errors::SLOW_ROWS);
+    batch.shape = vec![crate::errors::SLOW_ROWS as u64, 64];
+    second.infer(0, "digits-mlp", std::slice::from_ref(&batch));
+    let before = server.handle.scheduler_stats();
+    let options = inferd::client::ClientOptions {
+        request_timeout: Duration::from_millis(30),
+        ..inferd::client::ClientOptions::default()
+    };
+    let client = inferd::client::BlockingClient::connect(server.addr, options).unwrap();
+    let err = client
+        .infer("digits-mlp", None, &[digits_input()], None)
+        .unwrap_err();
+    assert!(matches!(err, inferd::client::ClientError::Timeout), "{err}");
+    release(&mut blocker);
+    assert!(matches!(second.recv(), Some(Got::Result { id: 0, .. })));
+    drained(&server);
+    let after = server.handle.scheduler_stats();
+    assert_eq!(
+        after.cancelled - before.cancelled,
+        1,
+        "the client's Cancel took it out"
+    );
+    assert_eq!(
+        after.computed - before.computed,
+        1,
+        "only the second batch ran"
+    );
+}
