@@ -7,7 +7,7 @@ use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{ErrorCode, FrameHeader, Hello, Request, HEADER_LEN};
 use inferd::tensor::HostTensor;
 
-use crate::harness::{digits_input, npy, TestServer};
+use crate::harness::{digits_input, eventually, npy, TestServer};
 use crate::raw::{Got, Raw};
 
 /// A well-formed digits request on `raw` is answered with the reference label.
@@ -120,14 +120,9 @@ pub fn occupy_worker(server: &TestServer) -> Raw {
     blocker.infer(0, "digits-mlp", std::slice::from_ref(&batch));
     blocker.send(&inferd::proto::Request::Ping { id: 99 });
     assert_eq!(blocker.recv(), Some(Got::Other(Some(99))));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.handle.queued() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never took the job"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("the worker never took the job", || {
+        server.handle.queued() == 0
+    });
     blocker
 }
 
@@ -304,10 +299,9 @@ fn connections_over_the_cap_are_told_why() {
     first.ping().unwrap();
     drop(first);
     // Once the first has gone, a new connection is accepted (the server notices the close first).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while server.handle.connections() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually("the first connection never closed", || {
+        server.handle.connections() == 0
+    });
     assert_serves(&server);
 }
 

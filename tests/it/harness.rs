@@ -115,3 +115,13 @@ pub fn digits_input() -> inferd::tensor::HostTensor {
 pub fn ppocr_input() -> inferd::tensor::HostTensor {
     npy("models/ppocr-cls/1/sample/x.npy", "x")
 }
+
+/// Waits (polling, up to 10 s) until `done()` holds; fails the test with `what` otherwise. For state
+/// the server reaches on its own (a queue filling or draining), never for timing assertions.
+pub fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

@@ -1,21 +1,17 @@
 //! The scheduler: dynamic batching, deadlines, and clients that leave, checked by what was computed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use inferd::proto::ErrorCode;
 use inferd::tensor::HostTensor;
 
 use crate::errors::{occupy_worker, release};
-use crate::harness::{digits_input, ppocr_input, TestServer};
+use crate::harness::{digits_input, eventually, ppocr_input, TestServer};
 use crate::raw::{Got, Raw};
 
 /// Waits until the scheduler has nothing queued.
 fn drained(server: &TestServer) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.handle.queued() > 0 {
-        assert!(Instant::now() < deadline, "the queue never drained");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("the queue never drained", || server.handle.queued() == 0);
 }
 
 /// Eight different digit images (the sample, scaled), one row each.
@@ -60,11 +56,7 @@ fn queued_requests_run_as_one_batch_with_the_same_outputs() {
     for (i, x) in inputs.iter().enumerate() {
         raw.infer(100 + i as u32, "digits-mlp", std::slice::from_ref(x));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.handle.queued() < 8 {
-        assert!(Instant::now() < deadline, "the requests never queued");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("the requests never queued", || server.handle.queued() >= 8);
     release(&mut blocker);
     let batched = results(&mut raw, 8);
     let after = server.handle.scheduler_stats();
@@ -141,11 +133,7 @@ fn a_client_that_leaves_costs_no_compute() {
     for id in 0..5 {
         leaver.infer(id, "digits-mlp", &[digits_input()]);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.handle.queued() < 5 {
-        assert!(Instant::now() < deadline, "the requests never queued");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("the requests never queued", || server.handle.queued() >= 5);
     drop(leaver);
     // The server notices the close (the connection's completion channel closes) long before the
     // worker is free: the blocker takes tens of milliseconds.
@@ -154,14 +142,9 @@ fn a_client_that_leaves_costs_no_compute() {
     release(&mut blocker);
     drained(&server);
     // Give the worker the moment it needs after taking them off the queue.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.handle.scheduler_stats().abandoned - before.abandoned < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "abandoned requests were not dropped"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("abandoned requests were not dropped", || {
+        server.handle.scheduler_stats().abandoned - before.abandoned >= 5
+    });
     let after = server.handle.scheduler_stats();
     assert_eq!(
         after.executions, before.executions,
@@ -177,11 +160,7 @@ fn cancel_takes_a_queued_request_out_without_computing_it() {
     for id in 1..=3 {
         raw.infer(id, "digits-mlp", &[digits_input()]);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.handle.queued() < 3 {
-        assert!(Instant::now() < deadline, "the requests never queued");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("the requests never queued", || server.handle.queued() >= 3);
     let before = server.handle.scheduler_stats();
     raw.send(&inferd::proto::Request::Cancel { id: 2 });
     // Answered at once, while the worker is still busy with the blocker.
