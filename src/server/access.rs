@@ -12,9 +12,14 @@
 //! listed may use nothing. Refusals are answered `NOT_AUTHORIZED`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
+use inferd_proto::ErrorCode;
 use serde::Deserialize;
+
+use super::Ctx;
+use crate::error::RequestError;
 
 /// What one identity may do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -110,6 +115,49 @@ impl AccessPolicy {
             Some(id) => self.identities.get(id).is_some_and(|g| g.allows(model)),
             None => self.anonymous.allows(model),
         }
+    }
+}
+
+/// Who is on the other end: for logs and access checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The client certificate's identity, if any.
+    pub identity: Option<&'a str>,
+}
+
+impl Who<'_> {
+    /// Whether this client may use `model`; a refusal is counted.
+    ///
+    /// # Errors
+    /// `NOT_AUTHORIZED`.
+    pub fn may_use(&self, ctx: &Ctx, model: &str) -> Result<(), RequestError> {
+        if ctx.access().may_use(self.identity, model) {
+            return Ok(());
+        }
+        ctx.refusals.not_authorized();
+        let who = self.identity.unwrap_or("an anonymous client");
+        Err(RequestError::new(
+            ErrorCode::NOT_AUTHORIZED,
+            format!("{who} may not use model {model:?}"),
+        ))
+    }
+    /// Admin operations: an identity granted `admin`, or (if configured) a loopback peer without one.
+    /// # Errors
+    /// `NOT_AUTHORIZED`.
+    pub fn may_admin(&self, ctx: &Ctx) -> Result<(), RequestError> {
+        let local =
+            self.identity.is_none() && ctx.config.admin_loopback && self.peer.ip().is_loopback();
+        if local || ctx.access().may_admin(self.identity) {
+            return Ok(());
+        }
+        ctx.refusals.not_authorized();
+        let who = self.identity.unwrap_or("an anonymous remote client");
+        Err(RequestError::new(
+            ErrorCode::NOT_AUTHORIZED,
+            format!("{who} may not use admin operations"),
+        ))
     }
 }
 

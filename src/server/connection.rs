@@ -1,7 +1,7 @@
 //! One client connection: the handshake, then a reader and a writer running side by side.
 //!
-//! The reader decodes requests, answers the cheap ones (ping, listings) through a small control queue,
-//! and admits inference requests to the scheduler. The writer sends control frames first, then
+//! The reader decodes requests and hands each to `dispatch`, which answers the cheap ones (ping,
+//! listings) through a small control queue and admits inference requests to the scheduler. The writer sends control frames first, then
 //! completions as workers finish them, in whatever order that is: responses carry the request id.
 //! Framing errors close the connection after one `Error` frame; request errors answer that request
 //! and nothing else. When shutdown begins the reader keeps answering (`SHUTTING_DOWN` to new inference
@@ -9,25 +9,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use futures_lite::future::or;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use inferd_proto::codec::encode_frame_vec;
 use inferd_proto::{
-    decode_body, ErrorCode, ErrorResponse, FrameError, InferRequest, InferResponse, Limits,
-    ModelEntry, ModelList, Request, Response, Welcome, MAX_MODELS, PROTOCOL_VERSION,
+    decode_body, ErrorCode, FrameError, Limits, Request, Response, Welcome, PROTOCOL_VERSION,
 };
 
+use super::access::Who;
+use super::dispatch::{dispatch, Dispatch};
 use super::in_flight::InFlight;
-use super::wire::{model_info, outputs_to_wire};
+use super::wire::{completion_frame, encode, error_frame};
 use super::Ctx;
 use crate::error::RequestError;
 use crate::framed::{first_byte, rest_of_frame, timeout, write_frame, ReadError};
-use crate::model::validate::validate;
-use crate::scheduler::{Completion, Job};
-use crate::tensor::HostTensor;
+use crate::scheduler::Completion;
 
 /// How many control frames (pongs, listings, request errors) may wait for the writer; past that the
 /// reader stops reading, which pushes back on a peer that floods cheap requests.
@@ -113,44 +111,6 @@ where
         linger(&mut reader, &mut writer).await;
     }
     log::debug!("{peer}: closed");
-}
-
-/// Who is on the other end: for logs and access checks.
-#[derive(Debug, Clone, Copy)]
-struct Who<'a> {
-    peer: SocketAddr,
-    identity: Option<&'a str>,
-}
-
-impl Who<'_> {
-    fn may_use(&self, ctx: &Ctx, model: &str) -> Result<(), RequestError> {
-        if ctx.access().may_use(self.identity, model) {
-            return Ok(());
-        }
-        ctx.refusals.not_authorized();
-        let who = self.identity.unwrap_or("an anonymous client");
-        Err(RequestError::new(
-            ErrorCode::NOT_AUTHORIZED,
-            format!("{who} may not use model {model:?}"),
-        ))
-    }
-}
-
-impl Who<'_> {
-    /// Admin operations: an identity granted `admin`, or (if configured) a loopback peer without one.
-    fn may_admin(&self, ctx: &Ctx) -> Result<(), RequestError> {
-        let local =
-            self.identity.is_none() && ctx.config.admin_loopback && self.peer.ip().is_loopback();
-        if local || ctx.access().may_admin(self.identity) {
-            return Ok(());
-        }
-        ctx.refusals.not_authorized();
-        let who = self.identity.unwrap_or("an anonymous remote client");
-        Err(RequestError::new(
-            ErrorCode::NOT_AUTHORIZED,
-            format!("{who} may not use admin operations"),
-        ))
-    }
 }
 
 /// Why the reader stopped.
@@ -300,58 +260,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return Close::Now;
             }
         };
-        let reply = match request {
-            Request::Hello(_) => {
-                let e =
-                    RequestError::new(ErrorCode::UNEXPECTED_MESSAGE, "Hello may only be sent once");
+        let reply = match dispatch(request, ctx, in_flight, done, who) {
+            Dispatch::Reply(frame) => frame,
+            Dispatch::Fatal(e) => {
                 send_error(ctl, None, &e, ctx).await;
                 return Close::Now;
             }
-            Request::Ping { id } => encode(&Response::Pong { id }, ctx),
-            // Not answered itself: the cancelled request is (CANCELLED if it had not started).
-            Request::Cancel { id } => {
-                if let Some(flag) = in_flight.cancel_flag(id) {
-                    ctx.scheduler.cancel(&flag);
-                }
-                None
-            }
-            Request::ListModels { id } => encode(&list_models(id, ctx, who), ctx),
-            // Reload reads a few small files; done inline, it delays this connection's reads by a
-            // moment and nothing else.
-            Request::Reload { id } => match who.may_admin(ctx).and_then(|()| {
-                ctx.reload().map_err(|e| {
-                    RequestError::new(
-                        ErrorCode::INTERNAL,
-                        format!("reload failed, the previous material stays in force: {e}"),
-                    )
-                })
-            }) {
-                Ok(()) => {
-                    log::info!("{peer}: reloaded TLS material and access policy");
-                    encode(&Response::Done { id }, ctx)
-                }
-                Err(e) => error_frame(Some(id), &e, ctx),
-            },
-            Request::ModelInfo(q) => match who
-                .may_use(ctx, q.model)
-                .and_then(|()| ctx.registry.get(q.model, q.version))
-            {
-                Ok(m) => match model_info(q.id, &m) {
-                    Ok(info) => encode(&Response::ModelInfo(info), ctx),
-                    Err(e) => error_frame(Some(q.id), &e, ctx),
-                },
-                Err(e) => error_frame(Some(q.id), &e, ctx),
-            },
-            Request::Infer(q) => match who
-                .may_use(ctx, q.model)
-                .and_then(|()| admit(&q, ctx, in_flight, done))
-            {
-                Ok(()) => None,
-                Err(e) => {
-                    log::debug!("{peer}: request {} refused: {e}", q.id);
-                    error_frame(Some(q.id), &e, ctx)
-                }
-            },
         };
         if let Some(frame) = reply {
             if ctl.send(frame).await.is_err() {
@@ -359,73 +273,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     }
-}
-
-/// Validates an inference request and queues it. On success the id is in flight until its completion
-/// has been written.
-fn admit(
-    q: &InferRequest<'_>,
-    ctx: &Ctx,
-    in_flight: &InFlight,
-    done: &Sender<Completion>,
-) -> Result<(), RequestError> {
-    if ctx.shutdown.is_triggered() {
-        return Err(RequestError::new(
-            ErrorCode::SHUTTING_DOWN,
-            "the server is shutting down",
-        ));
-    }
-    let model = ctx.registry.get(q.model, q.version)?;
-    let order = validate(model.runtime.inputs(), &q.inputs)?;
-    let default = ctx.config.default_deadline;
-    let allowed = q.deadline_ms.map_or(default, |ms| {
-        Duration::from_millis(u64::from(ms)).min(default)
-    });
-    let now = Instant::now();
-    let deadline = now.checked_add(allowed).unwrap_or(now);
-    let cancel = in_flight.admit(q.id)?;
-    let inputs: Vec<HostTensor> = order
-        .iter()
-        .map(|&i| HostTensor::from_wire(&q.inputs[i]))
-        .collect();
-    let job = Job {
-        id: q.id,
-        model,
-        inputs,
-        deadline,
-        reply: done.clone(),
-        cancel,
-    };
-    ctx.scheduler
-        .submit(job)
-        .inspect_err(|_| in_flight.finish(q.id))
-}
-
-fn list_models<'c>(id: u32, ctx: &'c Ctx, who: Who<'_>) -> Response<'c> {
-    let mut models = heapless::Vec::<ModelEntry<'_>, MAX_MODELS>::new();
-    let mut truncated = false;
-    let access = ctx.access();
-    for m in ctx
-        .registry
-        .all()
-        .filter(|m| access.may_use(who.identity, &m.name))
-    {
-        if models
-            .push(ModelEntry {
-                name: &m.name,
-                version: m.version,
-            })
-            .is_err()
-        {
-            truncated = true;
-            break;
-        }
-    }
-    Response::Models(ModelList {
-        id,
-        models,
-        truncated,
-    })
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -472,58 +319,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = timeout(limit, w.close()).await;
-}
-
-fn completion_frame(c: &Completion, ctx: &Ctx) -> Option<Vec<u8>> {
-    let outputs = match &c.result {
-        Ok(outputs) => outputs,
-        Err(e) => return error_frame(Some(c.id), e, ctx),
-    };
-    let response = outputs_to_wire(outputs).map(|outputs| {
-        Response::InferResult(InferResponse {
-            id: c.id,
-            model: &c.model.name,
-            version: c.model.version,
-            outputs,
-        })
-    });
-    let encoded = response.and_then(|r| {
-        encode_frame_vec(&r, ctx.config.max_frame_bytes).map_err(|_| {
-            RequestError::new(
-                ErrorCode::RESPONSE_TOO_LARGE,
-                format!(
-                    "the outputs exceed max_frame_bytes ({})",
-                    ctx.config.max_frame_bytes
-                ),
-            )
-        })
-    });
-    match encoded {
-        Ok(frame) => Some(frame),
-        Err(e) => error_frame(Some(c.id), &e, ctx),
-    }
-}
-
-fn encode(response: &Response<'_>, ctx: &Ctx) -> Option<Vec<u8>> {
-    match encode_frame_vec(response, ctx.config.max_frame_bytes) {
-        Ok(frame) => Some(frame),
-        Err(e) => {
-            log::error!("cannot encode a {:?} response: {e}", response.id());
-            let err = RequestError::new(ErrorCode::RESPONSE_TOO_LARGE, e.to_string());
-            error_frame(response.id(), &err, ctx)
-        }
-    }
-}
-
-fn error_frame(id: Option<u32>, e: &RequestError, ctx: &Ctx) -> Option<Vec<u8>> {
-    // Messages are ours and short, but keep them far from any frame limit.
-    let message: String = e.message.chars().take(1024).collect();
-    let response = Response::Error(ErrorResponse {
-        id,
-        code: e.code,
-        message: &message,
-    });
-    encode_frame_vec(&response, ctx.config.max_frame_bytes).ok()
 }
 
 async fn send_error(ctl: &Sender<Vec<u8>>, id: Option<u32>, e: &RequestError, ctx: &Ctx) {

@@ -6,13 +6,14 @@
 
 pub mod access;
 mod connection;
+mod dispatch;
 mod in_flight;
+mod refusals;
 mod shutdown;
 pub mod tls;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::scheduler::Scheduler;
 use crate::tracker::Tracker;
 
 use access::AccessPolicy;
+pub use refusals::{RefusalCounts, Refusals};
 pub use shutdown::Shutdown;
 use tls::TlsState;
 
@@ -49,51 +51,6 @@ pub struct Ctx {
     access: RwLock<Arc<AccessPolicy>>,
     /// Refused connections and requests, by cause.
     pub refusals: Refusals,
-}
-
-/// Connections and requests refused for who they are (not for what they sent), by cause. Kept for
-/// operators: logged at shutdown, readable through [`ServerHandle::refusals`].
-#[derive(Debug, Default)]
-pub struct Refusals {
-    tls_handshake: AtomicU64,
-    tls_timeout: AtomicU64,
-    not_authorized: AtomicU64,
-    connection_cap: AtomicU64,
-}
-
-/// A snapshot of [`Refusals`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RefusalCounts {
-    /// TLS handshakes that failed (untrusted, expired, revoked or misused certificates, old protocol
-    /// versions, no certificate where one is required).
-    pub tls_handshake: u64,
-    /// TLS handshakes that did not finish within the handshake timeout.
-    pub tls_timeout: u64,
-    /// Requests answered `NOT_AUTHORIZED`.
-    pub not_authorized: u64,
-    /// Connections refused at the connection cap.
-    pub connection_cap: u64,
-}
-
-impl Refusals {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A snapshot.
-    pub fn counts(&self) -> RefusalCounts {
-        RefusalCounts {
-            tls_handshake: self.tls_handshake.load(Ordering::Relaxed),
-            tls_timeout: self.tls_timeout.load(Ordering::Relaxed),
-            not_authorized: self.not_authorized.load(Ordering::Relaxed),
-            connection_cap: self.connection_cap.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Counts a `NOT_AUTHORIZED` answer.
-    pub fn not_authorized(&self) {
-        Refusals::bump(&self.not_authorized);
-    }
 }
 
 impl Ctx {

@@ -1,9 +1,16 @@
-//! Conversions from the server's owned types to borrowed wire messages.
+//! Conversions from the server's owned types to borrowed wire messages, and their encoding into frames
+//! within the server's frame limit.
 
-use inferd_proto::{Dim, ErrorCode, ModelInfo, Tensor, TensorInfo, MAX_TENSORS};
+use inferd_proto::codec::encode_frame_vec;
+use inferd_proto::{
+    Dim, ErrorCode, ErrorResponse, InferResponse, ModelInfo, Response, Tensor, TensorInfo,
+    MAX_TENSORS,
+};
 
+use super::Ctx;
 use crate::error::RequestError;
 use crate::model::{DimSpec, IoSpec, ServedModel};
+use crate::scheduler::Completion;
 use crate::tensor::HostTensor;
 
 /// Borrows outputs as wire tensors.
@@ -71,4 +78,56 @@ fn too_many() -> RequestError {
         ErrorCode::INTERNAL,
         format!("more than {MAX_TENSORS} tensors"),
     )
+}
+
+pub fn completion_frame(c: &Completion, ctx: &Ctx) -> Option<Vec<u8>> {
+    let outputs = match &c.result {
+        Ok(outputs) => outputs,
+        Err(e) => return error_frame(Some(c.id), e, ctx),
+    };
+    let response = outputs_to_wire(outputs).map(|outputs| {
+        Response::InferResult(InferResponse {
+            id: c.id,
+            model: &c.model.name,
+            version: c.model.version,
+            outputs,
+        })
+    });
+    let encoded = response.and_then(|r| {
+        encode_frame_vec(&r, ctx.config.max_frame_bytes).map_err(|_| {
+            RequestError::new(
+                ErrorCode::RESPONSE_TOO_LARGE,
+                format!(
+                    "the outputs exceed max_frame_bytes ({})",
+                    ctx.config.max_frame_bytes
+                ),
+            )
+        })
+    });
+    match encoded {
+        Ok(frame) => Some(frame),
+        Err(e) => error_frame(Some(c.id), &e, ctx),
+    }
+}
+
+pub fn encode(response: &Response<'_>, ctx: &Ctx) -> Option<Vec<u8>> {
+    match encode_frame_vec(response, ctx.config.max_frame_bytes) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            log::error!("cannot encode a {:?} response: {e}", response.id());
+            let err = RequestError::new(ErrorCode::RESPONSE_TOO_LARGE, e.to_string());
+            error_frame(response.id(), &err, ctx)
+        }
+    }
+}
+
+pub fn error_frame(id: Option<u32>, e: &RequestError, ctx: &Ctx) -> Option<Vec<u8>> {
+    // Messages are ours and short, but keep them far from any frame limit.
+    let message: String = e.message.chars().take(1024).collect();
+    let response = Response::Error(ErrorResponse {
+        id,
+        code: e.code,
+        message: &message,
+    });
+    encode_frame_vec(&response, ctx.config.max_frame_bytes).ok()
 }

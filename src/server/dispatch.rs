@@ -1,0 +1,155 @@
+//! What each request does, once decoded: the cheap ones are answered on the spot, inference requests
+//! are validated and queued, and `Cancel` reaches into the scheduler.
+
+use std::time::{Duration, Instant};
+
+use async_channel::Sender;
+use inferd_proto::{ErrorCode, InferRequest, ModelEntry, ModelList, Request, Response, MAX_MODELS};
+
+use super::access::Who;
+use super::in_flight::InFlight;
+use super::wire::{encode, error_frame, model_info};
+use super::Ctx;
+use crate::error::RequestError;
+use crate::model::validate::validate;
+use crate::scheduler::{Completion, Job};
+use crate::tensor::HostTensor;
+
+/// What the connection does after a request.
+pub enum Dispatch {
+    /// Send this frame (if any) and read on.
+    Reply(Option<Vec<u8>>),
+    /// Send this error for the connection and close it.
+    Fatal(RequestError),
+}
+
+/// Handles one decoded request.
+pub fn dispatch(
+    request: Request<'_>,
+    ctx: &Ctx,
+    in_flight: &InFlight,
+    done: &Sender<Completion>,
+    who: Who<'_>,
+) -> Dispatch {
+    let reply = match request {
+        Request::Hello(_) => {
+            return Dispatch::Fatal(RequestError::new(
+                ErrorCode::UNEXPECTED_MESSAGE,
+                "Hello may only be sent once",
+            ));
+        }
+        Request::Ping { id } => encode(&Response::Pong { id }, ctx),
+        // Not answered itself: the cancelled request is (CANCELLED if it had not started).
+        Request::Cancel { id } => {
+            if let Some(flag) = in_flight.cancel_flag(id) {
+                ctx.scheduler.cancel(&flag);
+            }
+            None
+        }
+        Request::ListModels { id } => encode(&list_models(id, ctx, who), ctx),
+        // Reload reads a few small files; done inline, it delays this connection's reads by a
+        // moment and nothing else.
+        Request::Reload { id } => match who.may_admin(ctx).and_then(|()| {
+            ctx.reload().map_err(|e| {
+                RequestError::new(
+                    ErrorCode::INTERNAL,
+                    format!("reload failed, the previous material stays in force: {e}"),
+                )
+            })
+        }) {
+            Ok(()) => {
+                log::info!("{}: reloaded TLS material and access policy", who.peer);
+                encode(&Response::Done { id }, ctx)
+            }
+            Err(e) => error_frame(Some(id), &e, ctx),
+        },
+        Request::ModelInfo(q) => match who
+            .may_use(ctx, q.model)
+            .and_then(|()| ctx.registry.get(q.model, q.version))
+        {
+            Ok(m) => match model_info(q.id, &m) {
+                Ok(info) => encode(&Response::ModelInfo(info), ctx),
+                Err(e) => error_frame(Some(q.id), &e, ctx),
+            },
+            Err(e) => error_frame(Some(q.id), &e, ctx),
+        },
+        Request::Infer(q) => match who
+            .may_use(ctx, q.model)
+            .and_then(|()| admit(&q, ctx, in_flight, done))
+        {
+            Ok(()) => None,
+            Err(e) => {
+                log::debug!("{}: request {} refused: {e}", who.peer, q.id);
+                error_frame(Some(q.id), &e, ctx)
+            }
+        },
+    };
+    Dispatch::Reply(reply)
+}
+
+/// Validates an inference request and queues it. On success the id is in flight until its completion
+/// has been written.
+fn admit(
+    q: &InferRequest<'_>,
+    ctx: &Ctx,
+    in_flight: &InFlight,
+    done: &Sender<Completion>,
+) -> Result<(), RequestError> {
+    if ctx.shutdown.is_triggered() {
+        return Err(RequestError::new(
+            ErrorCode::SHUTTING_DOWN,
+            "the server is shutting down",
+        ));
+    }
+    let model = ctx.registry.get(q.model, q.version)?;
+    let order = validate(model.runtime.inputs(), &q.inputs)?;
+    let default = ctx.config.default_deadline;
+    let allowed = q.deadline_ms.map_or(default, |ms| {
+        Duration::from_millis(u64::from(ms)).min(default)
+    });
+    let now = Instant::now();
+    let deadline = now.checked_add(allowed).unwrap_or(now);
+    let cancel = in_flight.admit(q.id)?;
+    let inputs: Vec<HostTensor> = order
+        .iter()
+        .map(|&i| HostTensor::from_wire(&q.inputs[i]))
+        .collect();
+    let job = Job {
+        id: q.id,
+        model,
+        inputs,
+        deadline,
+        reply: done.clone(),
+        cancel,
+    };
+    ctx.scheduler
+        .submit(job)
+        .inspect_err(|_| in_flight.finish(q.id))
+}
+
+fn list_models<'c>(id: u32, ctx: &'c Ctx, who: Who<'_>) -> Response<'c> {
+    let mut models = heapless::Vec::<ModelEntry<'_>, MAX_MODELS>::new();
+    let mut truncated = false;
+    let access = ctx.access();
+    for m in ctx
+        .registry
+        .all()
+        .filter(|m| access.may_use(who.identity, &m.name))
+    {
+        if models
+            .push(ModelEntry {
+                name: &m.name,
+                version: m.version,
+            })
+            .is_err()
+        {
+            truncated = true;
+            break;
+        }
+    }
+    Response::Models(ModelList {
+        id,
+        models,
+        truncated,
+    })
+}
