@@ -25,20 +25,7 @@ use inferd::tensor::HostTensor;
 const WORKERS: usize = 2;
 
 fn sample(dir: &Path) -> Vec<HostTensor> {
-    let mut inputs: Vec<HostTensor> = std::fs::read_dir(dir.join("sample"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_str().unwrap().to_owned();
-            inferd::npy::read(
-                std::io::BufReader::new(std::fs::File::open(&p).unwrap()),
-                &name,
-            )
-            .unwrap()
-        })
-        .collect();
-    inputs.sort_by(|a, b| a.name.cmp(&b.name));
-    inputs
+    inferd::npy::read_folder(&dir.join("sample")).unwrap()
 }
 
 /// `WORKERS` threads calling the model directly for `secs`: requests per second and median latency.

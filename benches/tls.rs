@@ -36,8 +36,7 @@ fn ms(d: Duration) -> f64 {
 
 fn input() -> HostTensor {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let file = std::fs::File::open(root.join("models/digits-mlp/1/sample/X.npy")).unwrap();
-    inferd::npy::read(std::io::BufReader::new(file), "X").unwrap()
+    inferd::npy::read_file(&root.join("models/digits-mlp/1/sample/X.npy"), "X").unwrap()
 }
 
 /// Connect + Hello/Welcome, `n` times, sequentially.

@@ -6,6 +6,7 @@
 //! byte-swapped.
 
 use std::io::{Read, Write};
+use std::path::Path;
 
 use inferd_proto::DType;
 
@@ -117,6 +118,33 @@ pub fn read(mut r: impl Read, name: &str) -> Result<HostTensor, NpyError> {
     })
 }
 
+/// Reads the `.npy` file at `path` into a tensor called `name`.
+///
+/// # Errors
+/// As [`read`], and I/O errors opening the file.
+pub fn read_file(path: &Path, name: &str) -> Result<HostTensor, NpyError> {
+    read(std::io::BufReader::new(std::fs::File::open(path)?), name)
+}
+
+/// Reads every `*.npy` file of `dir` (one model's sample inputs, say), each named after its file
+/// stem, sorted by name.
+///
+/// # Errors
+/// As [`read_file`], for the first file that fails.
+pub fn read_folder(dir: &Path) -> Result<Vec<HostTensor>, NpyError> {
+    let mut tensors = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "npy") {
+            if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                tensors.push(read_file(&path, name)?);
+            }
+        }
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tensors)
+}
+
 /// The text of `'key': value` in the header dict, up to the next top-level comma.
 fn dict_value(header: &str, key: &str) -> Result<String, NpyError> {
     let missing = || NpyError::Format(format!("header has no {key:?}"));
@@ -210,6 +238,26 @@ pub fn file_stem(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_reads_as_named_sorted_tensors() {
+        let dir = std::env::temp_dir().join(format!("inferd-npy-folder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, v) in [("state", 2.0), ("input", 1.0)] {
+            let file = std::fs::File::create(dir.join(format!("{name}.npy"))).unwrap();
+            write(file, &HostTensor::from_f32(name, &[1], &[v])).unwrap();
+        }
+        std::fs::write(dir.join("README"), "not a tensor").unwrap();
+        let tensors = read_folder(&dir).unwrap();
+        let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["input", "state"]);
+        assert_eq!(tensors[1].as_f32().unwrap(), vec![2.0]);
+        assert!(matches!(
+            read_file(&dir.join("missing.npy"), "x"),
+            Err(NpyError::Io(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn output_names_become_safe_file_names() {

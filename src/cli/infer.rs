@@ -1,7 +1,7 @@
 //! `inferd infer`: read `.npy` inputs, run one request, print a summary and optionally save outputs.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,9 +45,8 @@ pub(super) fn read_inputs(specs: &[String]) -> anyhow::Result<Vec<HostTensor>> {
         let Some((name, path)) = spec.split_once('=') else {
             bail!("--input {spec:?}: expected NAME=FILE.npy");
         };
-        let file = File::open(path).with_context(|| format!("opening {path}"))?;
         inputs.push(
-            npy::read(BufReader::new(file), name).with_context(|| format!("reading {path}"))?,
+            npy::read_file(Path::new(path), name).with_context(|| format!("reading {path}"))?,
         );
     }
     Ok(inputs)

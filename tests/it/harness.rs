@@ -104,8 +104,7 @@ impl Drop for TestServer {
 /// Reads an `.npy` file of the repository.
 pub fn npy(path: impl AsRef<Path>, name: &str) -> inferd::tensor::HostTensor {
     let path = repo_root().join(path);
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    inferd::npy::read(std::io::BufReader::new(file), name).unwrap()
+    inferd::npy::read_file(&path, name).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn digits_input() -> inferd::tensor::HostTensor {

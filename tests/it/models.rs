@@ -25,16 +25,7 @@ fn shipped() -> Vec<PathBuf> {
 }
 
 fn sample_inputs(dir: &Path) -> Vec<HostTensor> {
-    let mut inputs: Vec<HostTensor> = std::fs::read_dir(dir.join("sample"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_str().unwrap().to_owned();
-            npy(&p, &name)
-        })
-        .collect();
-    inputs.sort_by(|a, b| a.name.cmp(&b.name));
-    inputs
+    inferd::npy::read_folder(&dir.join("sample")).unwrap()
 }
 
 /// Asserts `got` matches the reference within `abs` (floats) or exactly (integers).
