@@ -90,6 +90,23 @@ pub struct ServeArgs {
     /// Deadline of a request that sets none; a request may only shorten it. [default: 30000]
     #[arg(long, env = "INFERD_DEFAULT_DEADLINE_MS")]
     pub default_deadline_ms: Option<u32>,
+    /// On SIGTERM/SIGINT, time between failing readiness and no longer accepting: requests are
+    /// served as usual meanwhile, so a load balancer has time to notice (set it above the balancer's
+    /// check interval × fall count). [default: 0]
+    #[arg(long, env = "INFERD_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
+    /// HTTP address for /metrics, /health/live and /health/ready, as IP:PORT, or `off`.
+    /// [default: 127.0.0.1:7879]
+    #[arg(long, env = "INFERD_METRICS_LISTEN")]
+    pub metrics_listen: Option<Listen>,
+    /// Record metrics (what /metrics, `inferd stats` and `inferd top` show). `false` only to measure
+    /// their cost. [default: true]
+    #[arg(long, env = "INFERD_METRICS")]
+    pub metrics: Option<bool>,
+    /// Fraction of inference requests logged at info level (target `inferd::access`: peer, model,
+    /// version, outcome, latency; never payloads), 0 to 1. [default: 0]
+    #[arg(long, env = "INFERD_ACCESS_LOG_SAMPLE")]
+    pub access_log_sample: Option<f64>,
 }
 
 /// The same settings as they appear in the TOML file.
@@ -118,6 +135,10 @@ struct FileConfig {
     frame_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     default_deadline_ms: Option<u32>,
+    shutdown_delay_ms: Option<u64>,
+    metrics_listen: Option<Listen>,
+    metrics: Option<bool>,
+    access_log_sample: Option<f64>,
 }
 
 /// Resolved, validated settings.
@@ -157,6 +178,14 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Deadline for requests that set none; the longest a request may ask for.
     pub default_deadline: Duration,
+    /// Readiness fails this long before the listeners close.
+    pub shutdown_delay: Duration,
+    /// The HTTP metrics and health listener, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether metrics are recorded.
+    pub metrics: bool,
+    /// Fraction of inference requests written to the access log.
+    pub access_log_sample: f64,
 }
 
 /// A plain listen address, or `off`.
@@ -303,6 +332,20 @@ impl ServeConfig {
                     .or(file.default_deadline_ms)
                     .unwrap_or(30_000),
             )),
+            shutdown_delay: ms(args
+                .shutdown_delay_ms
+                .or(file.shutdown_delay_ms)
+                .unwrap_or(0)),
+            metrics_listen: match args.metrics_listen.or(file.metrics_listen) {
+                None => Some(SocketAddr::from(([127, 0, 0, 1], 7879))),
+                Some(Listen::At(addr)) => Some(addr),
+                Some(Listen::Off) => None,
+            },
+            metrics: args.metrics.or(file.metrics).unwrap_or(true),
+            access_log_sample: args
+                .access_log_sample
+                .or(file.access_log_sample)
+                .unwrap_or(0.0),
         };
         config.validate()?;
         Ok(config)
@@ -360,6 +403,14 @@ impl ServeConfig {
         check(
             !self.default_deadline.is_zero(),
             "default_deadline_ms must be positive",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.access_log_sample),
+            "access_log_sample must be 0..=1",
+        )?;
+        check(
+            self.shutdown_delay <= Duration::from_secs(600),
+            "shutdown_delay_ms must be at most 600000",
         )?;
         Ok(())
     }

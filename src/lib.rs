@@ -14,6 +14,7 @@
 //! - [`framed`]: whole frames over any async stream, under timeouts (server and client).
 //! - [`loadgen`]: the load generator behind `inferd bench` (closed and open loop, HdrHistogram).
 //! - [`logging`]: `env_logger` set up for a terminal or for journald.
+//! - [`metrics`]: the Prometheus series the server records and the text a scrape returns.
 //!
 //! The wire types themselves live in the `no_std` crate [`inferd_proto`].
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod framed;
 pub mod loadgen;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod scheduler;

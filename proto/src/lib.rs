@@ -37,3 +37,11 @@ pub const MAX_TENSORS: usize = 16;
 pub const MAX_RANK: usize = 8;
 /// Most entries one `Models` listing carries; a server with more lists the first ones by name.
 pub const MAX_MODELS: usize = 64;
+/// Upper bounds, in microseconds, of the latency histogram buckets that `Stats` reports and that the
+/// server's Prometheus histograms use (in seconds). Fixed, so that histograms from a fleet can be summed.
+pub const LATENCY_BUCKETS_US: [u32; 18] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+/// Entries of a latency histogram in `Stats`: one per bound, plus the total (`+Inf`).
+pub const LATENCY_BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;

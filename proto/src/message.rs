@@ -9,7 +9,7 @@
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Tensor, TensorInfo, MAX_MODELS, MAX_TENSORS};
+use crate::{ErrorCode, Tensor, TensorInfo, LATENCY_BUCKETS, MAX_MODELS, MAX_TENSORS};
 
 /// Client → server.
 #[allow(
@@ -49,6 +49,17 @@ pub enum Request<'a> {
         /// The request to cancel.
         id: u32,
     },
+    /// Is the server ready to take traffic? Answered `Health`, also while draining. Meant for load
+    /// balancers that check the real protocol (a TCP health check sends `Hello` then this). Index 7.
+    Health {
+        /// Request id echoed in the `Health` answer.
+        id: u32,
+    },
+    /// Counters and latency histograms per model, for `inferd stats` / `inferd top`. Index 8.
+    Stats {
+        /// Request id echoed in the `Stats` answer.
+        id: u32,
+    },
 }
 
 impl Request<'_> {
@@ -60,7 +71,9 @@ impl Request<'_> {
             Request::ListModels { id }
             | Request::Ping { id }
             | Request::Reload { id }
-            | Request::Cancel { id } => Some(*id),
+            | Request::Cancel { id }
+            | Request::Health { id }
+            | Request::Stats { id } => Some(*id),
             Request::ModelInfo(r) => Some(r.id),
         }
     }
@@ -98,6 +111,16 @@ pub enum Response<'a> {
         /// The operation's request id.
         id: u32,
     },
+    /// Answer to `Health`. Index 7.
+    Health {
+        /// The health request's id.
+        id: u32,
+        /// Whether the server takes traffic.
+        state: ServingState,
+    },
+    /// Answer to `Stats`. Index 8.
+    #[serde(borrow)]
+    Stats(StatsReport<'a>),
 }
 
 impl Response<'_> {
@@ -109,7 +132,10 @@ impl Response<'_> {
             Response::Error(e) => e.id,
             Response::Models(m) => Some(m.id),
             Response::ModelInfo(m) => Some(m.id),
-            Response::Pong { id } | Response::Done { id } => Some(*id),
+            Response::Pong { id } | Response::Done { id } | Response::Health { id, .. } => {
+                Some(*id)
+            }
+            Response::Stats(s) => Some(s.id),
         }
     }
 }
@@ -240,4 +266,56 @@ pub struct ModelInfo<'a> {
     /// Declared outputs, in the model's order.
     #[serde(borrow)]
     pub outputs: Vec<TensorInfo<'a>, MAX_TENSORS>,
+}
+
+/// A server's readiness, as `Health` reports it. Append-only like every enum here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServingState {
+    /// Every pinned model is loaded and warm, and the server is not draining: send traffic. Index 0.
+    Ready,
+    /// Alive but not (yet) able to serve every pinned model. Index 1.
+    NotReady,
+    /// Shutdown has begun: requests already sent are finished, new traffic belongs elsewhere. Index 2.
+    Draining,
+}
+
+/// Answer to `Stats`: counts since the server started. Rates and percentiles over an interval are the
+/// difference of two reports, the way Prometheus derives them from counters and histograms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport<'a> {
+    /// Request id.
+    pub id: u32,
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+    /// Readiness, as `Health` would answer.
+    pub state: ServingState,
+    /// Open connections.
+    pub connections: u32,
+    /// Per served model version, sorted by name then version.
+    #[serde(borrow)]
+    pub models: Vec<ModelStats<'a>, MAX_MODELS>,
+    /// More versions are served than one report holds.
+    pub truncated: bool,
+}
+
+/// One model version's counters in a [`StatsReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStats<'a> {
+    /// Model name.
+    pub name: &'a str,
+    /// Version number.
+    pub version: u32,
+    /// Inference requests answered with outputs.
+    pub ok: u64,
+    /// Inference requests answered with an error (refused, expired, cancelled or failed).
+    pub errors: u64,
+    /// Requests waiting for a worker now.
+    pub queued: u32,
+    /// Requests admitted and not yet answered now (queued or running).
+    pub in_flight: u32,
+    /// End-to-end latency of answered requests: cumulative counts of those at or under each bound of
+    /// [`LATENCY_BUCKETS_US`](crate::LATENCY_BUCKETS_US), then the total count (the `+Inf` bucket).
+    pub latency: Vec<u64, LATENCY_BUCKETS>,
+    /// Sum of those latencies, microseconds.
+    pub latency_sum_us: u64,
 }

@@ -93,6 +93,17 @@ fn requests() {
         "49 4e 46 44 01 00 00 00 02 00 00 00 06 09",
         &mut buf,
     );
+    // The bytes a TCP load balancer's health check sends after Hello (doc/OPERATIONS.md).
+    golden(
+        &Request::Health { id: 1 },
+        "49 4e 46 44 01 00 00 00 02 00 00 00 07 01",
+        &mut buf,
+    );
+    golden(
+        &Request::Stats { id: 9 },
+        "49 4e 46 44 01 00 00 00 02 00 00 00 08 09",
+        &mut buf,
+    );
 }
 
 #[test]
@@ -200,6 +211,52 @@ fn responses() {
     golden(
         &Response::Done { id: 9 },
         "49 4e 46 44 01 00 00 00 02 00 00 00 06 09",
+        &mut buf,
+    );
+    // What a load balancer's health check expects of a ready server, and what it must not accept.
+    golden(
+        &Response::Health {
+            id: 1,
+            state: ServingState::Ready,
+        },
+        "49 4e 46 44 01 00 00 00 03 00 00 00 07 01 00",
+        &mut buf,
+    );
+    golden(
+        &Response::Health {
+            id: 1,
+            state: ServingState::Draining,
+        },
+        "49 4e 46 44 01 00 00 00 03 00 00 00 07 01 02",
+        &mut buf,
+    );
+    let mut latency = Vec::new();
+    for n in [1u64, 2, 300] {
+        latency.push(n).unwrap();
+    }
+    let mut models = Vec::new();
+    models
+        .push(ModelStats {
+            name: "m",
+            version: 1,
+            ok: 300,
+            errors: 2,
+            queued: 0,
+            in_flight: 1,
+            latency,
+            latency_sum_us: 1000,
+        })
+        .unwrap();
+    golden(
+        &Response::Stats(StatsReport {
+            id: 9,
+            uptime_ms: 5,
+            state: ServingState::Ready,
+            connections: 1,
+            models,
+            truncated: false,
+        }),
+        "49 4e 46 44 01 00 00 00 16 00 00 00 08 09 05 00 01 01 01 6d 01 ac 02 02 00 01 03 01 02 ac 02 e8 07 00",
         &mut buf,
     );
 }

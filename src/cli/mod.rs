@@ -1,4 +1,5 @@
-//! The `inferd` command line: `serve`, `infer`, `models`, `ping`.
+//! The `inferd` command line: `serve`, `infer`, `models`, `ping`, `health`, `stats`, `top`, `reload`,
+//! `certs`, `bench`.
 //!
 //! Flags are parsed by clap (each with an environment variable); each subcommand lives in its own file
 //! and returns an exit code, errors bubbling up as `anyhow` to `main`.
@@ -8,6 +9,7 @@ mod certs;
 mod infer;
 mod query;
 mod serve;
+mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +41,12 @@ pub enum Command {
     Models(ClientArgs),
     /// Check that a server answers, and how fast.
     Ping(ClientArgs),
+    /// Ask whether a server takes traffic; exit status 0 only when ready (for scripts and probes).
+    Health(ClientArgs),
+    /// Per-model counters since start: throughput, errors, p50/p99, queue depth, in flight.
+    Stats(stats::StatsArgs),
+    /// A live view of throughput, p50/p99, queue depth and errors per model.
+    Top(stats::TopArgs),
     /// Ask a server to re-read its TLS material and access policy (admin; as SIGHUP does).
     Reload(ClientArgs),
     /// Write a development CA, server certificate and device certificate (PEM) for trying TLS.
@@ -136,6 +144,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Infer(args) => infer::run(&args),
         Command::Models(args) => query::models(&args),
         Command::Ping(args) => query::ping(&args),
+        Command::Health(args) => query::health(&args),
+        Command::Stats(args) => stats::stats(&args),
+        Command::Top(args) => stats::top(&args),
         Command::Reload(args) => query::reload(&args),
         Command::Certs(args) => certs::run(&args),
         Command::Bench(args) => bench::run(&args),

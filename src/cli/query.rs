@@ -1,4 +1,4 @@
-//! `inferd models`, `inferd ping` and `inferd reload`.
+//! `inferd models`, `inferd ping`, `inferd health` and `inferd reload`.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -49,4 +49,14 @@ pub fn reload(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     args.connect()?.reload()?;
     println!("{} reloaded its TLS material and access policy", args.addr);
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn health(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let state = args.connect()?.health()?;
+    println!("{} is {state:?}", args.addr);
+    Ok(if state == inferd_proto::ServingState::Ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -26,6 +26,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = server.tls_local_addr() {
         listeners.push(format!("TLS listening on {addr}"));
     }
+    if let Some(addr) = server.metrics_local_addr() {
+        log::info!("metrics and health on http://{addr}/metrics, /health/live, /health/ready");
+    }
     log::info!(
         "{} with {count} model versions, ready in {} ms",
         listeners.join(", "),

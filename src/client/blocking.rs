@@ -82,4 +82,20 @@ impl BlockingClient {
     pub fn ping(&self) -> Result<(), ClientError> {
         smol::block_on(self.inner.ping())
     }
+
+    /// See [`Client::health`].
+    ///
+    /// # Errors
+    /// As [`Client::health`].
+    pub fn health(&self) -> Result<inferd_proto::ServingState, ClientError> {
+        smol::block_on(self.inner.health())
+    }
+
+    /// See [`Client::stats`].
+    ///
+    /// # Errors
+    /// As [`Client::stats`].
+    pub fn stats(&self) -> Result<super::ServerStats, ClientError> {
+        smol::block_on(self.inner.stats())
+    }
 }

@@ -20,8 +20,8 @@ use async_io::Async;
 use futures_lite::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use inferd_proto::codec::encode_frame_vec;
 use inferd_proto::{
-    decode_body, Hello, InferRequest, Limits, ModelInfoRequest, Request, Response, MAX_TENSORS,
-    PROTOCOL_VERSION,
+    decode_body, Hello, InferRequest, Limits, ModelInfoRequest, Request, Response, ServingState,
+    MAX_TENSORS, PROTOCOL_VERSION,
 };
 
 use crate::framed::{first_byte, rest_of_frame, timeout, write_frame, ReadError};
@@ -30,7 +30,9 @@ use crate::tensor::HostTensor;
 pub use blocking::BlockingClient;
 pub use tls::ClientTls;
 use types::Reply;
-pub use types::{ClientError, InferOutput, ModelDescription, ModelListing};
+pub use types::{
+    ClientError, InferOutput, ModelCounters, ModelDescription, ModelListing, ServerStats,
+};
 
 /// Connection settings of a client.
 #[derive(Debug, Clone)]
@@ -256,6 +258,34 @@ impl Client {
             .await?
         {
             Reply::Pong => Ok(()),
+            other => Err(other.into_error()),
+        }
+    }
+
+    /// Asks whether the server takes traffic.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn health(&self) -> Result<ServingState, ClientError> {
+        match self
+            .call(self.options.request_timeout, |id| Request::Health { id })
+            .await?
+        {
+            Reply::Health(state) => Ok(state),
+            other => Err(other.into_error()),
+        }
+    }
+
+    /// The server's counters for the models this client may use.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn stats(&self) -> Result<ServerStats, ClientError> {
+        match self
+            .call(self.options.request_timeout, |id| Request::Stats { id })
+            .await?
+        {
+            Reply::Stats(stats) => Ok(stats),
             other => Err(other.into_error()),
         }
     }

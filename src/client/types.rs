@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use inferd_proto::{Dim, ErrorCode, Response, TensorInfo};
+use inferd_proto::{Dim, ErrorCode, Response, ServingState, TensorInfo};
 
 use crate::model::{DimSpec, IoSpec};
 use crate::tensor::HostTensor;
@@ -95,6 +95,43 @@ pub struct ModelDescription {
     pub outputs: Vec<IoSpec>,
 }
 
+/// A server's counters (`Stats`), owned. See [`inferd_proto::StatsReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Time since the server started.
+    pub uptime: std::time::Duration,
+    /// Readiness.
+    pub state: ServingState,
+    /// Open connections.
+    pub connections: u32,
+    /// Per model version the client may use, sorted.
+    pub models: Vec<ModelCounters>,
+    /// The server had more versions than one report holds.
+    pub truncated: bool,
+}
+
+/// One model version's counters in [`ServerStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelCounters {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Answered with outputs, since start.
+    pub ok: u64,
+    /// Answered with an error, since start.
+    pub errors: u64,
+    /// Waiting for a worker now.
+    pub queued: u32,
+    /// Admitted and unanswered now.
+    pub in_flight: u32,
+    /// Cumulative end-to-end latency counts per [`inferd_proto::LATENCY_BUCKETS_US`] bound, then the
+    /// total.
+    pub latency: Vec<u64>,
+    /// Sum of those latencies, microseconds.
+    pub latency_sum_us: u64,
+}
+
 /// A decoded response, owned, routed to the call that waits for it.
 #[derive(Debug)]
 pub(crate) enum Reply {
@@ -103,6 +140,8 @@ pub(crate) enum Reply {
     Info(ModelDescription),
     Pong,
     Done,
+    Health(ServingState),
+    Stats(ServerStats),
     Failed(ClientError),
 }
 
@@ -131,6 +170,27 @@ impl Reply {
                 outputs: i.outputs.iter().map(spec).collect(),
             }),
             Response::Pong { .. } => Reply::Pong,
+            Response::Health { state, .. } => Reply::Health(state),
+            Response::Stats(s) => Reply::Stats(ServerStats {
+                uptime: std::time::Duration::from_millis(s.uptime_ms),
+                state: s.state,
+                connections: s.connections,
+                models: s
+                    .models
+                    .iter()
+                    .map(|m| ModelCounters {
+                        name: m.name.to_owned(),
+                        version: m.version,
+                        ok: m.ok,
+                        errors: m.errors,
+                        queued: m.queued,
+                        in_flight: m.in_flight,
+                        latency: m.latency.to_vec(),
+                        latency_sum_us: m.latency_sum_us,
+                    })
+                    .collect(),
+                truncated: s.truncated,
+            }),
             Response::Done { .. } => Reply::Done,
             Response::Error(e) => Reply::Failed(ClientError::Server {
                 code: e.code,

@@ -5,6 +5,10 @@
 //! spread over the connections, and each latency is measured from the request's *intended* send time,
 //! so that a stalled server shows up as latency instead of silently lowering the offered load
 //! (coordinated omission). A warm-up phase runs the same load and is discarded.
+//!
+//! A request answered `SHUTTING_DOWN` (alone, or by the connection-level error a draining server sends
+//! before closing) was not run, so it is resent on a fresh connection, as a client behind a load
+//! balancer should: the run measures what users see while nodes come and go (`retries` counts them).
 
 pub mod inputs;
 mod report;
@@ -16,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use inferd_proto::ErrorCode;
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::tensor::HostTensor;
@@ -57,12 +63,96 @@ pub struct LoadPlan {
     pub seed: u64,
 }
 
+/// How often one request is resent after `SHUTTING_DOWN` before that counts as its error.
+const MAX_RETRIES: u32 = 8;
+
 /// Outcomes of one phase, shared by the request tasks.
 #[derive(Debug)]
 struct Stats {
     latency_us: Mutex<Histogram<u64>>,
     ok: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    retries: AtomicU64,
+}
+
+/// One of the generator's connections; replaced by a fresh one when the server drains it.
+#[derive(Debug)]
+struct Conn {
+    addr: SocketAddr,
+    options: ClientOptions,
+    current: Mutex<Arc<Client>>,
+    /// Serialises reconnects, so that one drained connection is replaced once, not once per request.
+    replacing: async_lock::Mutex<()>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, options: ClientOptions) -> Result<Conn, ClientError> {
+        let client = Client::connect_with(addr, options.clone()).await?;
+        Ok(Conn {
+            addr,
+            options,
+            current: Mutex::new(Arc::new(client)),
+            replacing: async_lock::Mutex::new(()),
+        })
+    }
+
+    fn get(&self) -> Arc<Client> {
+        Arc::clone(
+            &self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces `old` with a new connection, unless another request already did.
+    async fn replace(&self, old: &Arc<Client>) -> Result<(), ClientError> {
+        let _one = self.replacing.lock().await;
+        if !Arc::ptr_eq(&self.get(), old) {
+            return Ok(());
+        }
+        let fresh = Client::connect_with(self.addr, self.options.clone()).await?;
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// One inference, resent on a new connection while the server answers that it did not run it.
+    async fn infer(&self, request: &Request, stats: &Stats) -> Result<(), ClientError> {
+        let mut attempt = 0;
+        loop {
+            let client = self.get();
+            let result = client
+                .infer(
+                    &request.model,
+                    request.version,
+                    &request.inputs,
+                    request.deadline,
+                )
+                .await;
+            match result {
+                Err(e) if e.code() == Some(ErrorCode::SHUTTING_DOWN) && attempt < MAX_RETRIES => {
+                    attempt += 1;
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if self.replace(&client).await.is_err() {
+                        async_io::Timer::after(Duration::from_millis(10 << attempt.min(6))).await;
+                    }
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+}
+
+/// What every request of a run sends.
+#[derive(Debug)]
+struct Request {
+    model: String,
+    version: Option<u32>,
+    inputs: Vec<HostTensor>,
+    deadline: Option<Duration>,
 }
 
 impl Stats {
@@ -78,6 +168,7 @@ impl Stats {
             latency_us: Mutex::new(histogram),
             ok: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -135,11 +226,14 @@ pub fn run(plan: &LoadPlan) -> Result<Report, ClientError> {
     smol::block_on(async {
         let mut clients = Vec::with_capacity(plan.connections.max(1));
         for _ in 0..plan.connections.max(1) {
-            clients.push(Arc::new(
-                Client::connect_with(plan.addr, plan.options.clone()).await?,
-            ));
+            clients.push(Arc::new(Conn::open(plan.addr, plan.options.clone()).await?));
         }
-        let inputs = Arc::new(plan.inputs.clone());
+        let inputs = Arc::new(Request {
+            model: plan.model.clone(),
+            version: plan.version,
+            inputs: plan.inputs.clone(),
+            deadline: plan.deadline,
+        });
         if !plan.warmup.is_zero() {
             phase(plan, &clients, &inputs, plan.warmup, false).await;
         }
@@ -151,8 +245,8 @@ pub fn run(plan: &LoadPlan) -> Result<Report, ClientError> {
 /// One timed phase; returns its stats and how long it really took (until the last answer).
 async fn phase(
     plan: &LoadPlan,
-    clients: &[Arc<Client>],
-    inputs: &Arc<Vec<HostTensor>>,
+    clients: &[Arc<Conn>],
+    inputs: &Arc<Request>,
     length: Duration,
     progress: bool,
 ) -> (Arc<Stats>, Duration) {
@@ -176,21 +270,20 @@ async fn phase(
 
 fn closed_loop(
     plan: &LoadPlan,
-    clients: &[Arc<Client>],
-    inputs: &Arc<Vec<HostTensor>>,
+    clients: &[Arc<Conn>],
+    inputs: &Arc<Request>,
     stats: &Arc<Stats>,
     end: Instant,
 ) -> Vec<smol::Task<()>> {
     let mut tasks = Vec::new();
     for client in clients {
         for _ in 0..plan.depth.max(1) {
-            let (client, inputs, stats) =
+            let (client, request, stats) =
                 (Arc::clone(client), Arc::clone(inputs), Arc::clone(stats));
-            let (model, version, deadline) = (plan.model.clone(), plan.version, plan.deadline);
             tasks.push(smol::spawn(async move {
                 while Instant::now() < end {
                     let t = Instant::now();
-                    let result = client.infer(&model, version, &inputs, deadline).await;
+                    let result = client.infer(&request, &stats).await;
                     stats.record(result.as_ref().map(|_| ()), t.elapsed());
                 }
             }));
@@ -201,8 +294,8 @@ fn closed_loop(
 
 async fn open_loop(
     plan: &LoadPlan,
-    clients: &[Arc<Client>],
-    inputs: &Arc<Vec<HostTensor>>,
+    clients: &[Arc<Conn>],
+    inputs: &Arc<Request>,
     stats: &Arc<Stats>,
     start: Instant,
     end: Instant,
@@ -226,11 +319,10 @@ async fn open_loop(
         backlog.fetch_add(1, Ordering::Relaxed);
         let client = Arc::clone(&clients[i % clients.len()]);
         i += 1;
-        let (inputs, stats, backlog) =
+        let (request, stats, backlog) =
             (Arc::clone(inputs), Arc::clone(stats), Arc::clone(&backlog));
-        let (model, version, deadline) = (plan.model.clone(), plan.version, plan.deadline);
         tasks.push(smol::spawn(async move {
-            let result = client.infer(&model, version, &inputs, deadline).await;
+            let result = client.infer(&request, &stats).await;
             stats.record(result.as_ref().map(|_| ()), intended.elapsed());
             backlog.fetch_sub(1, Ordering::Relaxed);
         }));

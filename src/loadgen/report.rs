@@ -27,6 +27,8 @@ pub struct Report {
     pub ok: u64,
     /// Failed requests by error code name (or transport failure).
     pub errors: BTreeMap<String, u64>,
+    /// Requests resent on a new connection because a draining server had not run them.
+    pub retries: u64,
     /// Successful requests per second.
     pub throughput_rps: f64,
     /// Latency percentiles of successful requests, µs.
@@ -68,6 +70,7 @@ impl Report {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
+            retries: stats.retries.load(Ordering::Relaxed),
             throughput_rps: ok as f64 / elapsed.as_secs_f64().max(1e-9),
             p50_us: q(0.5),
             p90_us: q(0.9),
@@ -90,6 +93,7 @@ impl Report {
             "duration_s": self.elapsed.as_secs_f64(),
             "ok": self.ok,
             "errors": self.errors,
+            "retries": self.retries,
             "throughput_rps": self.throughput_rps,
             "p50_us": self.p50_us,
             "p90_us": self.p90_us,
@@ -126,6 +130,12 @@ impl Report {
             ms(self.max_us),
             self.mean_us / 1e3
         );
+        if self.retries > 0 {
+            out.push_str(&format!(
+                "  retried     {} (refused unrun by a draining server, resent on a new connection)\n",
+                self.retries
+            ));
+        }
         if self.errors.is_empty() {
             out.push_str("  errors      none\n");
         } else {

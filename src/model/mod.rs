@@ -8,7 +8,7 @@ pub mod validate;
 
 use inferd_proto::DType;
 
-pub use registry::{Registry, ServedModel};
+pub use registry::{LoadFigures, Registry, ServedModel};
 pub use runtime::Runtime;
 
 /// One dimension of a declared input or output shape.

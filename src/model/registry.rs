@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use inferd_proto::ErrorCode;
 
@@ -32,6 +33,19 @@ pub struct ServedModel {
     /// Requests can be stacked along axis 0: the manifest says `batch_axis = 0` and every input and
     /// output has a symbolic first dimension.
     pub batchable: bool,
+    /// What loading it cost.
+    pub load: LoadFigures,
+}
+
+/// Time and memory one model version took to become servable.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadFigures {
+    /// ONNX parse, analysis and optimisation.
+    pub load: Duration,
+    /// The warm-up run on the version's `sample/` inputs; `None` without a sample.
+    pub warmup: Option<Duration>,
+    /// Growth of the process's resident memory meanwhile (versions load one at a time).
+    pub resident_bytes: u64,
 }
 
 /// All served models, immutable once built.
@@ -86,18 +100,32 @@ impl Registry {
                     .as_ref()
                     .filter(|m| !m.inputs.is_empty())
                     .map(|m| m.inputs.as_slice());
-                let started = std::time::Instant::now();
+                let rss_before = crate::metrics::resident_bytes();
+                let started = Instant::now();
                 let runtime = Runtime::load(&onnx, facts).map_err(|message| LoadError::Model {
                     path: onnx.display().to_string(),
                     message,
                 })?;
+                let load = started.elapsed();
+                let warmup = warm_up(&runtime, &vdir).map_err(|message| LoadError::Model {
+                    path: vdir.join("sample").display().to_string(),
+                    message: format!("warm-up on the shipped sample failed: {message}"),
+                })?;
+                let resident_bytes = match (rss_before, crate::metrics::resident_bytes()) {
+                    (Some(before), Some(after)) => after.saturating_sub(before),
+                    _ => 0,
+                };
                 let inputs: Vec<String> =
                     runtime.inputs().iter().map(ToString::to_string).collect();
                 let outputs: Vec<String> =
                     runtime.outputs().iter().map(ToString::to_string).collect();
                 log::info!(
-                    "loaded {name} v{version} in {} ms: inputs [{}] outputs [{}]",
-                    started.elapsed().as_millis(),
+                    "loaded {name} v{version} in {} ms (warm-up {}): inputs [{}] outputs [{}]",
+                    load.as_millis(),
+                    warmup.map_or_else(
+                        || "none: no sample".to_owned(),
+                        |d| format!("{} µs", d.as_micros())
+                    ),
                     inputs.join("; "),
                     outputs.join("; ")
                 );
@@ -121,6 +149,11 @@ impl Registry {
                         manifest,
                         runtime,
                         batchable,
+                        load: LoadFigures {
+                            load,
+                            warmup,
+                            resident_bytes,
+                        },
                     }),
                 );
             }
@@ -166,6 +199,29 @@ impl Registry {
     pub fn all(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
         self.models.values().flat_map(BTreeMap::values)
     }
+}
+
+/// Runs the model once on `<version>/sample/*.npy` (one file per input, named after it), so that the
+/// first real request does not pay for first-run allocations and kernel selection.
+fn warm_up(runtime: &Runtime, vdir: &Path) -> Result<Option<Duration>, String> {
+    let dir = vdir.join("sample");
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut sample = crate::npy::read_folder(&dir).map_err(|e| e.to_string())?;
+    let mut ordered = Vec::with_capacity(runtime.inputs().len());
+    for spec in runtime.inputs() {
+        let ix = sample
+            .iter()
+            .position(|t| t.name == spec.name)
+            .ok_or_else(|| format!("no {}.npy for input {}", spec.name, spec.name))?;
+        ordered.push(sample.swap_remove(ix));
+    }
+    let started = Instant::now();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.run(ordered)))
+        .map_err(|_| "the model panicked".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(Some(started.elapsed()))
 }
 
 fn sorted_dirs(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {

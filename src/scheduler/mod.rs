@@ -23,6 +23,7 @@ use async_channel::Sender;
 use inferd_proto::ErrorCode;
 
 use crate::error::RequestError;
+use crate::metrics::Tracked;
 use crate::model::ServedModel;
 use crate::tensor::HostTensor;
 
@@ -38,6 +39,8 @@ pub struct Completion {
     pub model: Arc<ServedModel>,
     /// Outputs or error.
     pub result: JobResult,
+    /// The request's metrics, recorded when the answer is written.
+    pub tracked: Option<Tracked>,
 }
 
 /// One inference to run.
@@ -56,6 +59,8 @@ pub struct Job {
     pub reply: Sender<Completion>,
     /// Set when the client cancels the request.
     pub cancel: Arc<AtomicBool>,
+    /// The request's metrics (`None` when metrics are off).
+    pub tracked: Option<Tracked>,
 }
 
 impl Job {
@@ -65,10 +70,19 @@ impl Job {
 
     fn answer(self, result: JobResult) {
         let Job {
-            id, model, reply, ..
+            id,
+            model,
+            reply,
+            tracked,
+            ..
         } = self;
         // The receiver may have gone meanwhile; nothing to do then.
-        let _ = reply.try_send(Completion { id, model, result });
+        let _ = reply.try_send(Completion {
+            id,
+            model,
+            result,
+            tracked,
+        });
     }
 }
 
@@ -230,6 +244,16 @@ impl Scheduler {
         self.shared.lock().total
     }
 
+    /// Jobs waiting for a worker, per model version that has had a queue.
+    pub fn depths(&self) -> Vec<(Arc<ServedModel>, usize)> {
+        self.shared
+            .lock()
+            .queues
+            .iter()
+            .map(|q| (Arc::clone(&q.model), q.jobs.len()))
+            .collect()
+    }
+
     /// Counts since start.
     pub fn stats(&self) -> SchedulerStats {
         let c = &self.shared.counters;
@@ -319,6 +343,9 @@ fn work(shared: &Shared) {
                 job.answer(Err(cancelled()));
             } else if job.reply.is_closed() {
                 shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = &job.tracked {
+                    t.metrics().abandoned();
+                }
                 log::debug!(
                     "dropping a job for {} v{}: its client has gone",
                     model.name,
@@ -333,6 +360,9 @@ fn work(shared: &Shared) {
             }
         }
         if !batch.is_empty() {
+            for t in batch.iter().filter_map(|j| j.tracked.as_ref()) {
+                t.metrics().queue_wait(t.admitted().elapsed());
+            }
             run(shared, &model, batch);
         }
     }
@@ -429,7 +459,12 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
         let refs: Vec<&[HostTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
         let stacked = batch::stack(&refs);
         c.executions.fetch_add(1, Ordering::Relaxed);
-        if let Ok(outputs) = execute(model, stacked) {
+        let started = Instant::now();
+        let executed = execute(model, stacked);
+        if let Some(t) = batch.first().and_then(|j| j.tracked.as_ref()) {
+            t.metrics().executed(batch.len(), started.elapsed());
+        }
+        if let Ok(outputs) = executed {
             if let Some(split) = batch::split(outputs, &rows) {
                 c.batches.fetch_add(1, Ordering::Relaxed);
                 c.computed.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -449,7 +484,11 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
         let inputs = std::mem::take(&mut job.inputs);
         c.executions.fetch_add(1, Ordering::Relaxed);
         c.computed.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = execute(model, inputs);
+        if let Some(t) = &job.tracked {
+            t.metrics().executed(1, started.elapsed());
+        }
         job.answer(result);
     }
 }

@@ -5,7 +5,9 @@
 //! completions as workers finish them, in whatever order that is: responses carry the request id.
 //! Framing errors close the connection after one `Error` frame; request errors answer that request
 //! and nothing else. When shutdown begins the reader keeps answering (`SHUTTING_DOWN` to new inference
-//! requests) until the connection's in-flight requests are all written, then closes.
+//! requests) until the connection's in-flight requests are all written, then sends a connection-level
+//! `SHUTTING_DOWN` error, which tells the client that whatever it sent and has no answer for was not
+//! read (so may be retried elsewhere), and closes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,8 @@ use async_channel::{Receiver, Sender};
 use futures_lite::future::or;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use inferd_proto::{
-    decode_body, ErrorCode, FrameError, Limits, Request, Response, Welcome, PROTOCOL_VERSION,
+    decode_body, ErrorCode, FrameError, Limits, Request, Response, Welcome, HEADER_LEN,
+    PROTOCOL_VERSION,
 };
 
 use super::access::Who;
@@ -25,6 +28,7 @@ use super::wire::{completion_frame, encode, error_frame};
 use super::Ctx;
 use crate::error::RequestError;
 use crate::framed::{first_byte, rest_of_frame, timeout, write_frame, ReadError};
+use crate::metrics::{Listener, ListenerMetrics};
 use crate::scheduler::Completion;
 
 /// How many control frames (pongs, listings, request errors) may wait for the writer; past that the
@@ -34,11 +38,28 @@ const CONTROL_QUEUE: usize = 16;
 /// connection (a reset can destroy the error frame before the peer reads it).
 const LINGER: Duration = Duration::from_millis(200);
 
+/// Keeps the listener's open-connections gauge up while the connection lives.
+struct Open<'a>(&'a ListenerMetrics);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.dec();
+    }
+}
+
 /// Serves one accepted connection until it closes. `identity` is the client certificate's, if any.
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>, identity: Option<String>)
-where
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    identity: Option<String>,
+    listener: Listener,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let lm = ctx.metrics.listener(listener);
+    lm.open.inc();
+    let _open = Open(lm);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let limit = ctx.config.frame_timeout;
     match handshake(&mut reader, &ctx).await {
@@ -83,7 +104,7 @@ where
     };
     let read_side = async {
         let close = or(
-            read_loop(&mut reader, &ctx, &in_flight, &ctl_tx, &done_tx, who),
+            read_loop(&mut reader, &ctx, &in_flight, &ctl_tx, &done_tx, who, lm),
             async {
                 // The writer has stopped (peer gone or too slow): stop reading too.
                 let _ = dead_rx.recv().await;
@@ -96,20 +117,33 @@ where
                 let _ = dead_rx.recv().await;
             })
             .await;
+            let e = RequestError::new(
+                ErrorCode::SHUTTING_DOWN,
+                "the server is shutting down: every request on this connection without an answer was not run",
+            );
+            send_error(&ctl_tx, None, &e, &ctx).await;
         }
         drop(ctl_tx);
         close
     };
     let write_side = async {
-        write_loop(&mut writer, &ctx, &in_flight, &ctl_rx, &done_rx).await;
+        write_loop(
+            &mut writer,
+            &ctx,
+            &in_flight,
+            &ctl_rx,
+            &done_rx,
+            who.peer,
+            lm,
+        )
+        .await;
         drop(dead_tx);
         // Queued jobs of this connection see a closed channel and are skipped by the workers.
         drop(done_rx);
     };
-    let (close, ()) = futures_lite::future::zip(read_side, write_side).await;
-    if matches!(close, Close::Now) {
-        linger(&mut reader, &mut writer).await;
-    }
+    let (_close, ()) = futures_lite::future::zip(read_side, write_side).await;
+    // Both ends of a close: the last frame must not be destroyed by a reset.
+    linger(&mut reader, &mut writer).await;
     log::debug!("{peer}: closed");
 }
 
@@ -188,6 +222,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     ctl: &Sender<Vec<u8>>,
     done: &Sender<Completion>,
     who: Who<'_>,
+    lm: &ListenerMetrics,
 ) -> Close {
     let peer = who.peer;
     let c = &ctx.config;
@@ -207,7 +242,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let next = or(
                 async { Some(timeout(c.idle_timeout(), first_byte(r)).await) },
                 async {
-                    ctx.shutdown.wait().await;
+                    ctx.shutdown.wait_stopping().await;
                     None
                 },
             );
@@ -251,6 +286,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return Close::Now;
             }
         };
+        lm.received.inc_by((HEADER_LEN + body.len()) as u64);
         let request = match decode_body::<Request>(&body) {
             Ok(request) => request,
             Err(e) => {
@@ -281,6 +317,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     in_flight: &InFlight,
     ctl: &Receiver<Vec<u8>>,
     done: &Receiver<Completion>,
+    peer: SocketAddr,
+    lm: &ListenerMetrics,
 ) {
     enum Next {
         Control(Vec<u8>),
@@ -304,14 +342,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let (frame, finished) = match next {
             Next::Stop => break,
             Next::Control(frame) => (Some(frame), None),
-            Next::Done(c) => (completion_frame(&c, ctx), Some(c.id)),
+            Next::Done(c) => {
+                let (frame, code) = completion_frame(&c, ctx);
+                (frame, Some((c, code)))
+            }
         };
-        let written = match frame {
-            Some(frame) => write_frame(w, &frame, limit).await,
+        let written = match &frame {
+            Some(frame) => write_frame(w, frame, limit).await,
             None => Ok(()),
         };
-        if let Some(id) = finished {
-            in_flight.finish(id);
+        if let Some(frame) = &frame {
+            if written.is_ok() {
+                lm.sent.inc_by(frame.len() as u64);
+            }
+        }
+        if let Some((c, code)) = finished {
+            in_flight.finish(c.id);
+            if written.is_ok() {
+                answered(c, code, peer, ctx);
+            }
         }
         if let Err(e) = written {
             log::debug!("write failed: {e}");
@@ -319,6 +368,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = timeout(limit, w.close()).await;
+}
+
+/// Records an inference answer that reached the socket: its metrics, and a sampled access-log line.
+fn answered(c: Completion, code: Option<ErrorCode>, peer: SocketAddr, ctx: &Ctx) {
+    let Some(tracked) = c.tracked else { return };
+    if super::access_log::sampled(ctx.config.access_log_sample) {
+        log::info!(
+            target: "inferd::access",
+            "{peer} {} v{} id {} {} {} µs",
+            c.model.name,
+            c.model.version,
+            c.id,
+            code.map_or("ok", ErrorCode::name),
+            tracked.admitted().elapsed().as_micros()
+        );
+    }
+    tracked.answered(code);
 }
 
 async fn send_error(ctl: &Sender<Vec<u8>>, id: Option<u32>, e: &RequestError, ctx: &Ctx) {

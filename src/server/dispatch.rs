@@ -11,6 +11,7 @@ use super::in_flight::InFlight;
 use super::wire::{encode, error_frame, model_info};
 use super::Ctx;
 use crate::error::RequestError;
+use crate::metrics::Tracked;
 use crate::model::validate::validate;
 use crate::scheduler::{Completion, Job};
 use crate::tensor::HostTensor;
@@ -39,6 +40,18 @@ pub fn dispatch(
             ));
         }
         Request::Ping { id } => encode(&Response::Pong { id }, ctx),
+        Request::Health { id } => encode(
+            &Response::Health {
+                id,
+                state: ctx.serving_state(),
+            },
+            ctx,
+        ),
+        Request::Stats { id } => {
+            let snapshot = super::stats::Snapshot::take(ctx, who);
+            let frame = encode(&Response::Stats(snapshot.report(id, ctx)), ctx);
+            frame
+        }
         // Not answered itself: the cancelled request is (CANCELLED if it had not started).
         Request::Cancel { id } => {
             if let Some(flag) = in_flight.cancel_flag(id) {
@@ -80,6 +93,15 @@ pub fn dispatch(
             Ok(()) => None,
             Err(e) => {
                 log::debug!("{}: request {} refused: {e}", who.peer, q.id);
+                if ctx.config.metrics {
+                    // Only known model versions get series of their own.
+                    match ctx.registry.get(q.model, q.version) {
+                        Ok(m) => {
+                            ctx.metrics.model(&m).refused(e.code);
+                        }
+                        _ => ctx.metrics.refused_unresolved(e.code),
+                    }
+                }
                 error_frame(Some(q.id), &e, ctx)
             }
         },
@@ -95,7 +117,7 @@ fn admit(
     in_flight: &InFlight,
     done: &Sender<Completion>,
 ) -> Result<(), RequestError> {
-    if ctx.shutdown.is_triggered() {
+    if ctx.shutdown.is_stopping() {
         return Err(RequestError::new(
             ErrorCode::SHUTTING_DOWN,
             "the server is shutting down",
@@ -110,6 +132,10 @@ fn admit(
     let now = Instant::now();
     let deadline = now.checked_add(allowed).unwrap_or(now);
     let cancel = in_flight.admit(q.id)?;
+    let tracked = ctx
+        .config
+        .metrics
+        .then(|| Tracked::admit(ctx.metrics.model(&model), now));
     let inputs: Vec<HostTensor> = order
         .iter()
         .map(|&i| HostTensor::from_wire(&q.inputs[i]))
@@ -121,6 +147,7 @@ fn admit(
         deadline,
         reply: done.clone(),
         cancel,
+        tracked,
     };
     ctx.scheduler
         .submit(job)

@@ -1,28 +1,33 @@
 //! The TCP server: accept loop with a connection cap, per-connection tasks, graceful shutdown.
 //!
 //! Network I/O runs on a small `smol` executor of its own (`io_threads`); inference never does. On
-//! shutdown the listener is closed at once, connections finish their in-flight requests (answering new
-//! ones `SHUTTING_DOWN`), and after `drain_timeout` whatever is left is abandoned.
+//! shutdown readiness fails at once; `shutdown_delay` later the listeners close, connections finish
+//! their in-flight requests (answering new ones `SHUTTING_DOWN`), and after `drain_timeout` whatever is
+//! left is abandoned. The HTTP metrics and health listener (`http`) answers until the very end.
 
 pub mod access;
+mod access_log;
 mod connection;
 mod dispatch;
+mod http;
 mod in_flight;
 mod refusals;
 mod shutdown;
+mod stats;
 pub mod tls;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use futures_lite::future;
 use inferd_proto::codec::encode_frame_vec;
-use inferd_proto::{ErrorCode, ErrorResponse, Response};
+use inferd_proto::{ErrorCode, ErrorResponse, Response, ServingState};
 
 use crate::config::ServeConfig;
+use crate::metrics::{Listener, Metrics};
 use crate::model::Registry;
 use crate::scheduler::Scheduler;
 use crate::tracker::Tracker;
@@ -51,9 +56,23 @@ pub struct Ctx {
     access: RwLock<Arc<AccessPolicy>>,
     /// Refused connections and requests, by cause.
     pub refusals: Refusals,
+    /// Prometheus series.
+    pub metrics: Metrics,
+    /// When the server was built.
+    started: Instant,
 }
 
 impl Ctx {
+    /// What `Health` and `/health/ready` answer. Models are loaded and warmed before the server is
+    /// built, so a running server is ready until it drains.
+    pub fn serving_state(&self) -> ServingState {
+        if self.shutdown.is_draining() {
+            ServingState::Draining
+        } else {
+            ServingState::Ready
+        }
+    }
+
     /// The access policy in force.
     pub fn access(&self) -> Arc<AccessPolicy> {
         Arc::clone(
@@ -86,6 +105,7 @@ impl Ctx {
 pub struct Server {
     plain: Option<Async<TcpListener>>,
     tls: Option<Async<TcpListener>>,
+    metrics: Option<Async<TcpListener>>,
     ctx: Arc<Ctx>,
 }
 
@@ -96,14 +116,25 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Begins graceful shutdown (what SIGTERM does).
+    /// Begins graceful shutdown (what SIGTERM does): readiness fails now, the listeners close
+    /// `shutdown_delay` later.
     pub fn shutdown(&self) {
-        self.ctx.shutdown.trigger();
+        self.ctx.shutdown.drain();
     }
 
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        self.ctx.shutdown.is_triggered()
+        self.ctx.shutdown.is_draining()
+    }
+
+    /// Whether the listeners have closed.
+    pub fn is_stopping(&self) -> bool {
+        self.ctx.shutdown.is_stopping()
+    }
+
+    /// The Prometheus text a scrape would return now.
+    pub fn metrics_text(&self) -> String {
+        http::render_metrics(&self.ctx)
     }
 
     /// Open connections.
@@ -148,6 +179,9 @@ impl Server {
         };
         let plain = config.listen.map(bind).transpose()?;
         let tls_listener = config.tls.as_ref().map(|t| bind(t.addr)).transpose()?;
+        let metrics_listener = config.metrics_listen.map(bind).transpose()?;
+        let mut metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
+        metrics.pin(registry.all());
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(TlsState::load(t.files.clone())?)),
             None => None,
@@ -167,10 +201,13 @@ impl Server {
             tls,
             access: RwLock::new(Arc::new(access)),
             refusals: Refusals::default(),
+            metrics,
+            started: Instant::now(),
         });
         Ok(Server {
             plain,
             tls: tls_listener,
+            metrics: metrics_listener,
             ctx,
         })
     }
@@ -189,6 +226,13 @@ impl Server {
             .and_then(|l| l.get_ref().local_addr().ok())
     }
 
+    /// The HTTP metrics and health listener's address.
+    pub fn metrics_local_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|l| l.get_ref().local_addr().ok())
+    }
+
     /// A handle to stop the server from elsewhere.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
@@ -199,7 +243,12 @@ impl Server {
     /// Runs until shutdown has been triggered and connections have drained (or the drain timeout has
     /// passed). Blocks the calling thread, which becomes one of the I/O threads.
     pub fn run(self) {
-        let Server { plain, tls, ctx } = self;
+        let Server {
+            plain,
+            tls,
+            metrics,
+            ctx,
+        } = self;
         let executor = Arc::new(async_executor::Executor::new());
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let mut threads = Vec::new();
@@ -214,18 +263,44 @@ impl Server {
                 Err(e) => log::warn!("could not start I/O thread {i}: {e}; continuing with fewer"),
             }
         }
+        // The metrics and health endpoint answers through the drain, until `run` returns.
+        let http = metrics.map(|listener| {
+            let ctx = Arc::clone(&ctx);
+            executor.spawn(http::accept_loop(listener, ctx, Arc::clone(&executor)))
+        });
+        let delay = {
+            let ctx = Arc::clone(&ctx);
+            executor.spawn(async move {
+                ctx.shutdown.wait_draining().await;
+                let delay = ctx.config.shutdown_delay;
+                if !delay.is_zero() {
+                    log::info!(
+                        "draining: readiness fails now, listeners close in {} ms",
+                        delay.as_millis()
+                    );
+                    future::or(
+                        async {
+                            Timer::after(delay).await;
+                        },
+                        ctx.shutdown.wait_stopping(),
+                    )
+                    .await;
+                }
+                ctx.shutdown.stop();
+            })
+        };
         future::block_on(executor.run(async {
             let plain_loop = async {
                 if let Some(listener) = plain {
-                    accept_loop(&listener, &ctx, &executor, false).await;
+                    accept_loop(&listener, &ctx, &executor, Listener::Plain).await;
                 }
             };
             let tls_loop = async {
                 if let Some(listener) = tls {
-                    accept_loop(&listener, &ctx, &executor, true).await;
+                    accept_loop(&listener, &ctx, &executor, Listener::Tls).await;
                 }
             };
-            // Both return (and drop their listeners) once shutdown begins.
+            // Both return (and drop their listeners) once the server stops.
             future::zip(plain_loop, tls_loop).await;
             log::info!(
                 "shutdown began: no longer accepting; draining {} connections",
@@ -252,6 +327,8 @@ impl Server {
                 );
             }
         }));
+        drop(http);
+        drop(delay);
         drop(stop_tx);
         for t in threads {
             let _ = t.join();
@@ -270,11 +347,11 @@ async fn accept_loop(
     listener: &Async<TcpListener>,
     ctx: &Arc<Ctx>,
     ex: &Arc<async_executor::Executor<'static>>,
-    tls: bool,
+    kind: Listener,
 ) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
-            ctx.shutdown.wait().await;
+            ctx.shutdown.wait_stopping().await;
             None
         })
         .await;
@@ -287,11 +364,13 @@ async fn accept_loop(
                 match ctx.connections.try_enter(ctx.config.max_connections) {
                     Some(guard) => {
                         let ctx = Arc::clone(ctx);
+                        ctx.metrics.listener(kind).accepted.inc();
                         ex.spawn(async move {
-                            if tls {
-                                serve_tls(stream, peer, ctx).await;
-                            } else {
-                                connection::serve(stream, peer, ctx, None).await;
+                            match kind {
+                                Listener::Tls => serve_tls(stream, peer, ctx).await,
+                                Listener::Plain => {
+                                    connection::serve(stream, peer, ctx, None, kind).await;
+                                }
                             }
                             drop(guard);
                         })
@@ -345,7 +424,7 @@ async fn serve_tls(stream: Async<TcpStream>, peer: SocketAddr, ctx: Arc<Ctx>) {
     if mutual {
         log::debug!("{peer}: TLS client {identity:?}");
     }
-    connection::serve(stream, peer, ctx, identity).await;
+    connection::serve(stream, peer, ctx, identity, Listener::Tls).await;
 }
 
 /// Tells a connection over the cap why it is closed; bounded in time so a flood cannot stall accepting.

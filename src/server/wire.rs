@@ -80,10 +80,11 @@ fn too_many() -> RequestError {
     )
 }
 
-pub fn completion_frame(c: &Completion, ctx: &Ctx) -> Option<Vec<u8>> {
+/// The frame answering a completion, and the error code it carries (`None`: outputs).
+pub fn completion_frame(c: &Completion, ctx: &Ctx) -> (Option<Vec<u8>>, Option<ErrorCode>) {
     let outputs = match &c.result {
         Ok(outputs) => outputs,
-        Err(e) => return error_frame(Some(c.id), e, ctx),
+        Err(e) => return (error_frame(Some(c.id), e, ctx), Some(e.code)),
     };
     let response = outputs_to_wire(outputs).map(|outputs| {
         Response::InferResult(InferResponse {
@@ -105,8 +106,8 @@ pub fn completion_frame(c: &Completion, ctx: &Ctx) -> Option<Vec<u8>> {
         })
     });
     match encoded {
-        Ok(frame) => Some(frame),
-        Err(e) => error_frame(Some(c.id), &e, ctx),
+        Ok(frame) => (Some(frame), None),
+        Err(e) => (error_frame(Some(c.id), &e, ctx), Some(e.code)),
     }
 }
 

@@ -47,6 +47,7 @@ pub fn registry() -> Arc<Registry> {
 pub fn config() -> ServeConfig {
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         models: Some(models_dir().to_path_buf()),
         workers: Some(2),
         ..ServeArgs::default()
@@ -58,6 +59,7 @@ pub fn config() -> ServeConfig {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -73,11 +75,13 @@ impl TestServer {
         let server = Server::bind(config, registry()).expect("binds");
         let addr = server.local_addr().expect("a plain listener");
         let tls_addr = server.tls_local_addr();
+        let metrics_addr = server.metrics_local_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             addr,
             tls_addr,
+            metrics_addr,
             handle,
             thread: Some(thread),
         }
@@ -123,4 +127,18 @@ pub fn eventually(what: &str, done: impl Fn() -> bool) {
         assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// One HTTP/1.1 GET: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }

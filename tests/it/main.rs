@@ -10,9 +10,11 @@
 
 mod bench;
 mod errors;
+mod haproxy;
 mod harness;
 mod load;
 mod models;
+mod observability;
 mod raw;
 mod scheduling;
 mod shutdown;

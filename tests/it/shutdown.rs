@@ -28,7 +28,7 @@ fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
 /// the returned channel.
 fn spawn_server(args: &[&std::ffi::OsStr]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
-        .args(["serve", "--workers", "1"])
+        .args(["serve", "--workers", "1", "--metrics-listen", "127.0.0.1:0"])
         .arg("--models")
         .arg(models_dir())
         .args(args)
@@ -79,6 +79,18 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     while let Some(got) = raw.recv() {
         answers.push(got);
     }
+    // Last, the connection-level notice that nothing unanswered was run.
+    assert!(
+        matches!(
+            answers.pop(),
+            Some(Got::Error {
+                id: None,
+                code: ErrorCode::SHUTTING_DOWN,
+                ..
+            })
+        ),
+        "the connection ends with a connection-level SHUTTING_DOWN"
+    );
     let refused: Vec<&Got> = answers.iter().filter(|g| g.code().is_some()).collect();
     let served = answers
         .iter()
