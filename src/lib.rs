@@ -9,6 +9,7 @@
 //! - [`client`]: async client with pipelining, deadlines and TLS, plus a blocking wrapper.
 //! - [`certs`]: development CA, server and device certificates (rcgen).
 //! - [`cli`]: the `inferd` subcommands.
+//! - [`systemd`]: readiness/status/watchdog notifications and socket activation, without libsystemd.
 //! - [`tensor`], [`npy`]: owned tensors and numpy files.
 //! - [`error`]: request errors and their wire codes.
 //! - [`framed`]: whole frames over any async stream, under timeouts (server and client).
@@ -34,6 +35,7 @@ pub mod model;
 pub mod npy;
 pub mod scheduler;
 pub mod server;
+pub mod systemd;
 pub mod tensor;
 mod tracker;
 

@@ -143,6 +143,10 @@ struct Shared {
     capacity: usize,
     max_batch: u64,
     counters: Counters,
+    /// Per worker: when its current execution started, as nanoseconds since `epoch` plus one; 0 while
+    /// idle. The heartbeat the systemd watchdog reads (`longest_busy`).
+    busy_since: Vec<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Shared {
@@ -172,6 +176,8 @@ impl Scheduler {
             capacity: capacity.max(1),
             max_batch: max_batch.max(1),
             counters: Counters::default(),
+            busy_since: (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
         });
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers.max(1) {
@@ -179,7 +185,7 @@ impl Scheduler {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("inferd-worker-{i}"))
-                    .spawn(move || work(&shared))?,
+                    .spawn(move || work(&shared, i))?,
             );
         }
         Ok(Scheduler {
@@ -242,6 +248,20 @@ impl Scheduler {
     /// Jobs waiting for a worker.
     pub fn queued(&self) -> usize {
         self.shared.lock().total
+    }
+
+    /// How long the worker that has been busy longest has been on its current batch; `None` when all
+    /// are idle. A worker stuck in a model (a hang, not a slow request) shows here, and the systemd
+    /// watchdog stops being fed.
+    pub fn longest_busy(&self) -> Option<std::time::Duration> {
+        let now = self.shared.epoch.elapsed();
+        self.shared
+            .busy_since
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .filter(|&b| b != 0)
+            .map(|b| now.saturating_sub(std::time::Duration::from_nanos(b - 1)))
+            .max()
     }
 
     /// Jobs waiting for a worker, per model version that has had a queue.
@@ -335,8 +355,13 @@ fn batch_shape(job: &Job) -> (u64, Vec<u64>) {
 }
 
 /// A worker: take the next batch, answer the dead, run the live, until shut down and drained.
-fn work(shared: &Shared) {
+fn work(shared: &Shared, me: usize) {
+    let Some(busy) = shared.busy_since.get(me) else {
+        return;
+    };
     while let Some((model, batch, dead)) = next_batch(shared) {
+        let since = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        busy.store(since + 1, Ordering::Relaxed);
         for job in dead {
             if job.cancel.load(Ordering::Acquire) {
                 shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -365,6 +390,7 @@ fn work(shared: &Shared) {
             }
             run(shared, &model, batch);
         }
+        busy.store(0, Ordering::Relaxed);
     }
 }
 

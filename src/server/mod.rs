@@ -30,6 +30,7 @@ use crate::config::ServeConfig;
 use crate::metrics::{Listener, Metrics};
 use crate::model::Registry;
 use crate::scheduler::Scheduler;
+use crate::systemd::Inherited;
 use crate::tracker::Tracker;
 
 use access::AccessPolicy;
@@ -152,6 +153,16 @@ impl ServerHandle {
         self.ctx.scheduler.stats()
     }
 
+    /// How long the longest-running current execution has been running (the watchdog heartbeat).
+    pub fn longest_busy(&self) -> Option<Duration> {
+        self.ctx.scheduler.longest_busy()
+    }
+
+    /// Readiness, as `Health` answers it.
+    pub fn serving_state(&self) -> ServingState {
+        self.ctx.serving_state()
+    }
+
     /// Refusals so far, by cause.
     pub fn refusals(&self) -> RefusalCounts {
         self.ctx.refusals.counts()
@@ -174,14 +185,49 @@ impl Server {
     /// # Errors
     /// If an address cannot be bound, a file cannot be used, or a thread cannot be started.
     pub fn bind(config: ServeConfig, registry: Arc<Registry>) -> Result<Server, String> {
+        Server::bind_with(config, registry, Inherited::default())
+    }
+
+    /// As [`Server::bind`], but with the listeners systemd passed (socket activation). When any is
+    /// passed, inferd binds nothing itself: a role without an inherited socket is off, and the
+    /// configured addresses are ignored (TLS still needs its certificate and key settings).
+    ///
+    /// # Errors
+    /// As [`Server::bind`]; also a `tls` socket without TLS settings.
+    pub fn bind_with(
+        config: ServeConfig,
+        registry: Arc<Registry>,
+        inherited: Inherited,
+    ) -> Result<Server, String> {
         let bind = |addr: SocketAddr| {
             Async::<TcpListener>::bind(addr).map_err(|e| format!("binding {addr}: {e}"))
         };
-        let plain = config.listen.map(bind).transpose()?;
-        let tls_listener = config.tls.as_ref().map(|t| bind(t.addr)).transpose()?;
-        let metrics_listener = config.metrics_listen.map(bind).transpose()?;
-        let mut metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
-        metrics.pin(registry.all());
+        let adopt =
+            |l: TcpListener| Async::new(l).map_err(|e| format!("using an inherited listener: {e}"));
+        let (plain, tls_listener, metrics_listener) = if inherited.any() {
+            if inherited.tls.is_some() && config.tls.is_none() {
+                return Err("systemd passed a tls socket but TLS is not configured (tls_cert, tls_key; tls_listen is required and ignored)".into());
+            }
+            if inherited.tls.is_none() && config.tls.is_some() {
+                log::warn!("TLS is configured but systemd passed no tls socket: no TLS listener");
+            }
+            (
+                inherited.plain.map(adopt).transpose()?,
+                inherited.tls.map(adopt).transpose()?,
+                inherited.metrics.map(adopt).transpose()?,
+            )
+        } else {
+            (
+                config.listen.map(bind).transpose()?,
+                config.tls.as_ref().map(|t| bind(t.addr)).transpose()?,
+                config.metrics_listen.map(bind).transpose()?,
+            )
+        };
+        if plain.is_none() && tls_listener.is_none() {
+            return Err(
+                "no protocol listener: systemd passed neither a plain nor a tls socket".into(),
+            );
+        }
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(TlsState::load(t.files.clone())?)),
             None => None,
@@ -190,6 +236,8 @@ impl Server {
             Some(path) => AccessPolicy::load(path)?,
             None => AccessPolicy::open(),
         };
+        let mut metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
+        metrics.pin(registry.all());
         let scheduler = Scheduler::start(config.workers, config.queue_capacity, config.max_batch)
             .map_err(|e| format!("starting workers: {e}"))?;
         let ctx = Arc::new(Ctx {

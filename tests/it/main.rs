@@ -18,4 +18,5 @@ mod observability;
 mod raw;
 mod scheduling;
 mod shutdown;
+mod systemd;
 mod tls;
