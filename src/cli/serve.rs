@@ -23,6 +23,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if inherited.any() {
         log::info!("socket activation: using the listeners systemd passed");
     }
+    log::info!("tract kernels: {}", crate::model::runtime::kernels());
     let started = Instant::now();
     notifier.status(&format!("loading models from {}", config.models.display()));
     let registry = Registry::load(&config.models)

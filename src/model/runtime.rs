@@ -263,3 +263,21 @@ fn to_tract(dtype: DType) -> DatumType {
 fn from_tract(dt: DatumType) -> Option<DType> {
     DType::ALL.into_iter().find(|d| to_tract(*d) == dt)
 }
+
+/// Which SIMD level tract-linalg found on this CPU and the matrix-multiply kernels it may pick from,
+/// e.g. `aarch64 neon: arm64simd_mmm_f32_16x4_a53, ...` or `x86_64 fma: avx2_mmm_i32_8x8, ...`.
+/// Logged at start-up, so an operator (and the cross tests) can see that an ARM gateway runs NEON
+/// kernels rather than the generic ones.
+pub fn kernels() -> String {
+    use tract_onnx::prelude::tract_linalg::{isa, mmm_routines};
+    let native = isa::native();
+    let names: Vec<String> = mmm_routines::runnable_for(&native)
+        .iter()
+        .map(|k| k.name().to_owned())
+        .filter(|n| !n.starts_with("generic"))
+        .collect();
+    let arch = native
+        .arch()
+        .map_or_else(|| "unknown".to_owned(), |a| format!("{a:?}").to_lowercase());
+    format!("{arch} {}: {}", native.nickname(), names.join(", "))
+}

@@ -4,7 +4,7 @@
 //! accepts, and the load generator, which resends requests the draining node did not run, must see no
 //! failed request.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{encode_frame_vec, Hello, Request, Response, ServingState};
 
-use crate::harness::{digits_input, models_dir, repo_root};
+use crate::harness::{
+    digits_input, installed, listening_addr, models_dir, repo_root, spawn_logged, wait_for,
+};
 
 fn hex(frame: &[u8]) -> String {
     frame.iter().map(|b| format!("{b:02x}")).collect()
@@ -66,20 +68,6 @@ fn the_documented_health_check_bytes_are_the_protocol_s() {
     );
 }
 
-fn haproxy_installed() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(std::env::var_os("CI").is_none(), "haproxy is missing in CI");
-        eprintln!("haproxy not installed: skipping the HAProxy test");
-    }
-    found
-}
-
 struct Daemon {
     child: Child,
     addr: SocketAddr,
@@ -88,35 +76,14 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_inferd"));
+        command
             .args(["serve", "--workers", "1", "--listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "off", "--shutdown-delay-ms", "2000"])
             .arg("--models")
-            .arg(models_dir())
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = loop {
-            let line = lines.recv_timeout(Duration::from_secs(60)).unwrap();
-            if line.contains("listening on ") {
-                break line;
-            }
-        };
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap()
-            .parse()
-            .unwrap();
+            .arg(models_dir());
+        let (child, lines) = spawn_logged(command);
+        let addr = listening_addr(&wait_for(&lines, "listening on ", Duration::from_secs(60)));
         Daemon { child, addr, lines }
     }
 
@@ -162,7 +129,7 @@ fn state_of(socket: &Path, server: &str) -> String {
 
 #[test]
 fn haproxy_marks_a_draining_node_down_before_it_stops_accepting_and_no_request_fails() {
-    if !haproxy_installed() {
+    if !installed("haproxy", "-v") {
         return;
     }
     let a = Daemon::start();

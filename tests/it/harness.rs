@@ -142,3 +142,70 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, body.to_owned())
 }
+
+/// Whether an outside tool the tests drive (HAProxy, promtool, systemd's) is installed. Outside CI a
+/// machine without it skips that test, saying so; under CI (`CI` set, as `.ci/run` does) its absence
+/// fails the test instead.
+pub fn installed(tool: &str, version_arg: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg(version_arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{tool} is missing in CI");
+        eprintln!("{tool} not installed: skipping");
+    }
+    found
+}
+
+/// Spawns a server command with its stderr (the log) piped; the log lines arrive on the channel.
+pub fn spawn_logged(
+    mut command: std::process::Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    (child, lines)
+}
+
+/// Waits (up to `limit`) for a log line containing `needle`, returning it.
+pub fn wait_for(
+    lines: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    limit: std::time::Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    }
+}
+
+/// The address of a `listening on ADDR ...` log line.
+pub fn listening_addr(line: &str) -> SocketAddr {
+    line.split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}

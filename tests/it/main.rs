@@ -9,6 +9,7 @@
 )]
 
 mod bench;
+mod cross;
 mod errors;
 mod haproxy;
 mod harness;

@@ -1,64 +1,36 @@
 //! SIGTERM with requests in flight: all answered, new ones refused, exit status 0. Runs the real
 //! binary, since signals are part of what is tested.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use inferd::proto::ErrorCode;
 
-use crate::harness::{models_dir, ppocr_input, TestServer};
+use crate::harness::{listening_addr, models_dir, ppocr_input, spawn_logged, TestServer};
 use crate::raw::{Got, Raw};
 
 /// Waits for a log line containing `needle`, returning it.
 fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no log line with {needle:?}: {e}"),
-        }
-    }
+    crate::harness::wait_for(lines, needle, Duration::from_secs(30))
 }
 
 /// Starts `inferd serve` with one worker on the test repository plus `args`; its log lines arrive on
 /// the returned channel.
 fn spawn_server(args: &[&std::ffi::OsStr]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_inferd"));
+    command
         .args(["serve", "--workers", "1", "--metrics-listen", "127.0.0.1:0"])
         .arg("--models")
         .arg(models_dir())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, lines)
+        .args(args);
+    spawn_logged(command)
 }
 
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (mut child, lines) = spawn_server(&["--listen".as_ref(), "127.0.0.1:0".as_ref()]);
-    let line = wait_for(&lines, "listening on ");
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&wait_for(&lines, "listening on "));
 
     let mut raw = Raw::ready(addr);
     let x = ppocr_input();

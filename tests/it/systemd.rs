@@ -33,20 +33,7 @@ fn first_connection(addr: SocketAddr) -> std::net::TcpStream {
 }
 
 fn installed() -> bool {
-    let found = Command::new("systemd-socket-activate")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "systemd-socket-activate is missing in CI"
-        );
-        eprintln!("systemd-socket-activate not installed: skipping");
-    }
-    found
+    crate::harness::installed("systemd-socket-activate", "--version")
 }
 
 /// Reads notifications until one contains `needle`; returns everything read meanwhile.

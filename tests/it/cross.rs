@@ -1,0 +1,50 @@
+//! A cross-built server (`cross/test`: the aarch64 or armv7 static binary under qemu-user), checked
+//! from this native test binary: it starts, reports tract's ARM kernels, serves every shipped model
+//! with outputs equal to onnxruntime's references, and drains on SIGTERM. Skipped unless
+//! `INFERD_CROSS_SERVER` names the command that runs it, e.g. `qemu-aarch64-static path/to/inferd`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{listening_addr, models_dir, spawn_logged, wait_for};
+
+#[test]
+fn cross_built_server_serves_every_shipped_model_with_the_reference_outputs() {
+    let Ok(command) = std::env::var("INFERD_CROSS_SERVER") else {
+        eprintln!("INFERD_CROSS_SERVER not set: no cross-built server to check");
+        return;
+    };
+    let mut words = command.split_whitespace();
+    let program = words.next().expect("a command");
+    let mut server = Command::new(program);
+    server
+        .args(words)
+        .args(["serve", "--workers", "1", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "off", "--models"])
+        .arg(models_dir());
+    let (mut child, lines) = spawn_logged(server);
+    // Emulated, loading and warming five models takes a while.
+    let limit = Duration::from_secs(300);
+    let kernels = wait_for(&lines, "tract kernels: ", limit);
+    let kernels = kernels.split("tract kernels: ").nth(1).unwrap_or("");
+    eprintln!("cross-built server: tract kernels: {kernels}");
+    let addr = listening_addr(&wait_for(&lines, "listening on ", limit));
+    if command.contains("aarch64") {
+        assert!(
+            kernels.starts_with("aarch64 ") && kernels.contains("arm64simd_mmm_f32"),
+            "tract should pick its NEON kernels: {kernels}"
+        );
+    } else if command.contains("arm") {
+        assert!(
+            kernels.starts_with("arm neon") && kernels.contains("armv7neon_mmm_f32"),
+            "tract should pick its NEON kernels: {kernels}"
+        );
+    }
+    crate::models::check_every_shipped_model(addr);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
