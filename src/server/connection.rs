@@ -121,7 +121,11 @@ pub async fn serve<S>(
                 ErrorCode::SHUTTING_DOWN,
                 "the server is shutting down: every request on this connection without an answer was not run",
             );
-            send_error(&ctl_tx, None, &e, &ctx).await;
+            // Not if the writer has stopped: nobody would take it, and a full queue would block.
+            or(send_error(&ctl_tx, None, &e, &ctx), async {
+                let _ = dead_rx.recv().await;
+            })
+            .await;
         }
         drop(ctl_tx);
         close
