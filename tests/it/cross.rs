@@ -41,10 +41,6 @@ fn cross_built_server_serves_every_shipped_model_with_the_reference_outputs() {
         );
     }
     crate::models::check_every_shipped_model(addr);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::harness::signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }

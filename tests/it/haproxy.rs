@@ -193,11 +193,7 @@ fn haproxy_marks_a_draining_node_down_before_it_stops_accepting_and_no_request_f
     let load = std::thread::spawn(move || inferd::loadgen::run(&plan).unwrap());
     std::thread::sleep(Duration::from_millis(1500));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &a.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::harness::signal(&a.child, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !state_of(&socket, "a").starts_with("DOWN") {
         assert!(Instant::now() < deadline, "HAProxy never marked a down");

@@ -209,3 +209,12 @@ pub fn listening_addr(line: &str) -> SocketAddr {
         .parse()
         .unwrap()
 }
+
+/// Sends a signal (`"-TERM"`, `"-HUP"`) to a spawned process with `kill`.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {}", child.id());
+}

@@ -40,11 +40,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     }
     // One answer back means the server is working through the queue (one worker, milliseconds each).
     let mut answers = vec![raw.recv().unwrap()];
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::harness::signal(&child, "-TERM");
     wait_for(&lines, "shutdown began");
     // A request after shutdown began is refused, on the same connection.
     raw.infer(1000, "ppocr-cls", std::slice::from_ref(&x));
@@ -134,27 +130,16 @@ fn sighup_reloads_tls_material_and_keeps_the_old_on_failure() {
         ca.as_os_str(),
     ]);
     wait_for(&lines, "TLS listening on ");
-    let hup = |pid: u32| {
-        let status = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    hup(child.id());
+    crate::harness::signal(&child, "-HUP");
     wait_for(&lines, "SIGHUP: reloaded TLS material");
     std::fs::remove_file(dir.join("server.key")).unwrap();
-    hup(child.id());
+    crate::harness::signal(&child, "-HUP");
     let line = wait_for(&lines, "SIGHUP: reload failed");
     assert!(
         line.contains("server.key"),
         "the failure names the file: {line}"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::harness::signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -104,13 +104,7 @@ fn socket_activated_daemon_notifies_ready_watchdog_reloading_and_stopping() {
     until(&notify, "WATCHDOG=1");
     until(&notify, "WATCHDOG=1");
 
-    let signal = |sig: &str| {
-        let status = Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    let signal = |sig: &str| crate::harness::signal(&child, sig);
     signal("-HUP");
     let seen = until(&notify, "RELOADING=1");
     assert!(!seen.last().unwrap().contains("READY=1"));
