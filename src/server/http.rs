@@ -61,19 +61,12 @@ pub async fn accept_loop(
 /// The Prometheus text for the server's state now.
 pub fn render_metrics(ctx: &Ctx) -> String {
     let refused = ctx.refusals.counts();
-    let depths = ctx.scheduler.depths();
     let inputs = ScrapeInputs {
-        // Every served version, 0 when nothing of it has queued yet, so that the series always exists.
+        // Every served version, so that the series always exists.
         queued: ctx
-            .registry
-            .all()
-            .map(|m| {
-                let n = depths
-                    .iter()
-                    .find(|(q, _)| Arc::ptr_eq(q, m))
-                    .map_or(0, |(_, n)| *n);
-                (m.name.clone(), m.version, n)
-            })
+            .queued_by_model()
+            .into_iter()
+            .map(|(m, n)| (m.name.clone(), m.version, n))
             .collect(),
         refused: vec![
             ("tls_handshake", refused.tls_handshake),

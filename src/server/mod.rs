@@ -74,6 +74,22 @@ impl Ctx {
         }
     }
 
+    /// Every served model version with the requests of it waiting for a worker (0 when none has
+    /// queued yet), for `/metrics` and `Stats`.
+    pub fn queued_by_model(&self) -> Vec<(&Arc<crate::model::ServedModel>, usize)> {
+        let depths = self.scheduler.depths();
+        self.registry
+            .all()
+            .map(|m| {
+                let n = depths
+                    .iter()
+                    .find(|(q, _)| Arc::ptr_eq(q, m))
+                    .map_or(0, |(_, n)| *n);
+                (m, n)
+            })
+            .collect()
+    }
+
     /// The access policy in force.
     pub fn access(&self) -> Arc<AccessPolicy> {
         Arc::clone(

@@ -19,18 +19,11 @@ impl Snapshot {
     /// Reads every model version `who` may use.
     pub fn take(ctx: &Ctx, who: Who<'_>) -> Snapshot {
         let access = ctx.access();
-        let depths = ctx.scheduler.depths();
         let models = ctx
-            .registry
-            .all()
-            .filter(|m| access.may_use(who.identity, &m.name))
-            .map(|m| {
-                let queued = depths
-                    .iter()
-                    .find(|(q, _)| Arc::ptr_eq(q, m))
-                    .map_or(0, |(_, n)| *n);
-                (Arc::clone(m), ctx.metrics.model(m).snapshot(), queued)
-            })
+            .queued_by_model()
+            .into_iter()
+            .filter(|(m, _)| access.may_use(who.identity, &m.name))
+            .map(|(m, queued)| (Arc::clone(m), ctx.metrics.model(m).snapshot(), queued))
             .collect();
         Snapshot { models }
     }
