@@ -17,14 +17,15 @@ use std::time::Duration;
 use inferd::client::ClientOptions;
 use inferd::config::{ServeArgs, ServeConfig};
 use inferd::loadgen::{self, LoadPlan, Report};
-use inferd::model::Registry;
+use inferd::model::repository::Settings;
+use inferd::model::Repository;
 use inferd::server::{Server, ServerHandle};
 
 const WORKERS: usize = 2;
 const ROUNDS: usize = 3;
 
 fn start(
-    registry: &Arc<Registry>,
+    registry: &Arc<Repository>,
     root: &std::path::Path,
     metrics: bool,
 ) -> (
@@ -84,7 +85,7 @@ fn main() {
     if models.is_empty() {
         models = vec!["digits-mlp".into(), "silero-vad".into()];
     }
-    let registry = Arc::new(Registry::load(&root.join("models")).unwrap());
+    let registry = Arc::new(Repository::open(&root.join("models"), Settings::default()).unwrap());
     let (on_addr, on, on_thread) = start(&registry, &root, true);
     let (off_addr, off, off_thread) = start(&registry, &root, false);
     println!("# metrics recording on vs off ({WORKERS} workers, 4 connections x 8 in flight; median of {ROUNDS} alternating rounds)");

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use inferd::client::ClientOptions;
 use inferd::config::{ServeArgs, ServeConfig};
 use inferd::loadgen::{self, LoadPlan, Report};
-use inferd::model::Registry;
+use inferd::model::repository::Settings;
+use inferd::model::{Registry, Repository};
 use inferd::server::Server;
 use inferd::tensor::HostTensor;
 
@@ -101,14 +102,19 @@ fn main() {
     } else {
         models
     };
-    let registry = Arc::new(Registry::load(&root.join("models")).unwrap());
+    let repository = Arc::new(Repository::open(&root.join("models"), Settings::default()).unwrap());
+    let registry = repository.snapshot();
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         models: Some(root.join("models")),
         workers: Some(WORKERS),
         ..ServeArgs::default()
     };
-    let server = Server::bind(ServeConfig::resolve(&args).unwrap(), Arc::clone(&registry)).unwrap();
+    let server = Server::bind(
+        ServeConfig::resolve(&args).unwrap(),
+        Arc::clone(&repository),
+    )
+    .unwrap();
     let addr = server.local_addr().unwrap();
     let handle = server.handle();
     let thread = std::thread::spawn(move || server.run());

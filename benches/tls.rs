@@ -18,7 +18,8 @@ use inferd::certs::Ca;
 use inferd::client::{BlockingClient, ClientOptions, ClientTls};
 use inferd::config::{ServeArgs, ServeConfig, TlsListen};
 use inferd::loadgen::{self, LoadPlan, Report};
-use inferd::model::Registry;
+use inferd::model::repository::Settings;
+use inferd::model::Repository;
 use inferd::server::tls::TlsFiles;
 use inferd::server::Server;
 use inferd::tensor::HostTensor;
@@ -121,8 +122,8 @@ fn main() {
             allow_tls12: false,
         },
     });
-    let registry = Arc::new(Registry::load(&root.join("models")).unwrap());
-    let server = Server::bind(config, registry).unwrap();
+    let repository = Arc::new(Repository::open(&root.join("models"), Settings::default()).unwrap());
+    let server = Server::bind(config, repository).unwrap();
     let (plain, tls_addr) = (
         server.local_addr().unwrap(),
         server.tls_local_addr().unwrap(),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::policy::VersionPolicy;
+
 /// Flags of `inferd serve`. Every flag has an `INFERD_*` environment variable; both override the file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -45,6 +47,18 @@ pub struct ServeArgs {
     /// Model repository: <models>/<name>/<version>/model.onnx. [default: ./models]
     #[arg(long, env = "INFERD_MODELS")]
     pub models: Option<PathBuf>,
+    /// Versions served of models whose `serving.toml` does not say: `latest:N`, `all`, or a list
+    /// such as `1,3`. [default: latest:1]
+    #[arg(long, env = "INFERD_VERSION_POLICY")]
+    pub version_policy: Option<VersionPolicy>,
+    /// Runs of each model version (on its `sample/`, or on generated inputs) before it takes
+    /// traffic; 0 turns warm-up off. [default: 3]
+    #[arg(long, env = "INFERD_WARMUP_RUNS")]
+    pub warmup_runs: Option<u32>,
+    /// How often the repository folder is checked for new, changed or removed versions, in ms; 0:
+    /// only on SIGHUP or an admin Reload. [default: 2000]
+    #[arg(long, env = "INFERD_MODEL_POLL_MS")]
+    pub model_poll_ms: Option<u64>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win over it.
     #[arg(long, env = "INFERD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -123,6 +137,9 @@ struct FileConfig {
     access: Option<PathBuf>,
     admin_loopback: Option<bool>,
     models: Option<PathBuf>,
+    version_policy: Option<String>,
+    warmup_runs: Option<u32>,
+    model_poll_ms: Option<u64>,
     workers: Option<usize>,
     io_threads: Option<usize>,
     max_connections: Option<usize>,
@@ -154,6 +171,10 @@ pub struct ServeConfig {
     pub admin_loopback: bool,
     /// Model repository root.
     pub models: PathBuf,
+    /// Repository policy and warm-up.
+    pub repository: crate::model::repository::Settings,
+    /// Interval of the repository check; `None`: on request only.
+    pub model_poll: Option<Duration>,
     /// Inference worker threads.
     pub workers: usize,
     /// Network I/O threads.
@@ -301,6 +322,20 @@ impl ServeConfig {
                 .clone()
                 .or(file.models)
                 .unwrap_or_else(|| PathBuf::from("models")),
+            repository: crate::model::repository::Settings {
+                policy: match (&args.version_policy, &file.version_policy) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(text)) => text
+                        .parse()
+                        .map_err(|e| ConfigError::Invalid(format!("version_policy: {e}")))?,
+                    (None, None) => VersionPolicy::default(),
+                },
+                warmup_runs: args.warmup_runs.or(file.warmup_runs).unwrap_or(3),
+            },
+            model_poll: match args.model_poll_ms.or(file.model_poll_ms).unwrap_or(2_000) {
+                0 => None,
+                n => Some(ms(n)),
+            },
             workers: args.workers.or(file.workers).unwrap_or(cores),
             io_threads: args.io_threads.or(file.io_threads).unwrap_or(1),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(256),
@@ -362,6 +397,15 @@ impl ServeConfig {
         check(
             self.listen.is_some() || self.tls.is_some(),
             "listen is off and there is no TLS listener",
+        )?;
+        check(
+            self.repository.warmup_runs <= 1000,
+            "warmup_runs must be 0..=1000",
+        )?;
+        check(
+            self.model_poll
+                .is_none_or(|p| p >= Duration::from_millis(100)),
+            "model_poll_ms must be 0 (off) or at least 100",
         )?;
         check(
             (1..=1024).contains(&self.workers),

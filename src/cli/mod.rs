@@ -34,11 +34,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the model repository over TCP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one inference on .npy inputs and print (or save) the outputs.
     Infer(InferArgs),
-    /// List served models with their inputs and outputs.
-    Models(ClientArgs),
+    /// List served models with their inputs and outputs; with --http, every version in the
+    /// repository with its state (serving, loading, failed, standby) and why.
+    Models(query::ModelsArgs),
     /// Check that a server answers, and how fast.
     Ping(ClientArgs),
     /// Ask whether a server takes traffic; exit status 0 only when ready (for scripts and probes).

@@ -1,12 +1,36 @@
 //! `inferd models`, `inferd ping`, `inferd health` and `inferd reload`.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use super::ClientArgs;
 
-pub fn models(args: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let client = args.connect()?;
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The daemon's metrics and health address (`--metrics-listen`): show every version in the
+    /// repository with its state and why, from its /models page.
+    #[arg(long, env = "INFERD_HTTP_ADDR")]
+    pub http: Option<SocketAddr>,
+    /// With --http: print the /models JSON as it is.
+    #[arg(long, requires = "http")]
+    pub json: bool,
+}
+
+pub fn models(args: &ModelsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = args.http {
+        return repository_status(
+            addr,
+            args.json,
+            Duration::from_millis(args.client.timeout_ms),
+        );
+    }
+    let client = args.client.connect()?;
     let listing = client.list_models()?;
     for (name, version) in &listing.models {
         let info = client.model_info(name, Some(*version))?;
@@ -29,6 +53,72 @@ pub fn models(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints `GET /models`: one line per version, state and reason.
+fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let body =
+        http_get(addr, "/models", timeout).with_context(|| format!("GET http://{addr}/models"))?;
+    if json {
+        print!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).context("parsing /models")?;
+    println!(
+        "repository {}",
+        status["repository"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<24} {:>7} {:<8} {:>8} {:>10} {:>10}  reason",
+        "model", "version", "state", "default", "load ms", "RSS MiB"
+    );
+    for v in status["versions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let num = |key: &str, scale: f64| {
+            v[key]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |x| format!("{:.1}", x / scale))
+        };
+        println!(
+            "{:<24} {:>7} {:<8} {:>8} {:>10} {:>10}  {}",
+            v["name"].as_str().unwrap_or("?"),
+            v["version"].as_u64().unwrap_or(0),
+            v["state"].as_str().unwrap_or("?"),
+            if v["default"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                ""
+            },
+            num("load_ms", 1.0),
+            num("resident_bytes", 1024.0 * 1024.0),
+            v["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A minimal HTTP/1.1 GET (the daemon's own endpoint answers with `Connection: close`).
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    // The page is small; a bound keeps a wrong address from filling memory.
+    stream.take(16 << 20).read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no HTTP response head")?;
+    let status = head.lines().next().unwrap_or("");
+    anyhow::ensure!(status.contains(" 200 "), "{status}");
+    Ok(body.to_owned())
+}
+
 pub fn ping(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let client = args.connect()?;
@@ -47,7 +137,10 @@ pub fn ping(args: &ClientArgs) -> anyhow::Result<ExitCode> {
 
 pub fn reload(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     args.connect()?.reload()?;
-    println!("{} reloaded its TLS material and access policy", args.addr);
+    println!(
+        "{} reloaded its TLS material and access policy and is rescanning its models",
+        args.addr
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use futures_lite::StreamExt;
 
 use crate::config::{ServeArgs, ServeConfig};
-use crate::model::Registry;
+use crate::model::Repository;
 use crate::server::{Server, ServerHandle};
 use crate::systemd::{self, Notifier};
 
@@ -26,11 +26,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     log::info!("tract kernels: {}", crate::model::runtime::kernels());
     let started = Instant::now();
     notifier.status(&format!("loading models from {}", config.models.display()));
-    let registry = Registry::load(&config.models)
+    let models = Repository::open(&config.models, config.repository.clone())
         .with_context(|| format!("loading {}", config.models.display()))?;
-    let count = registry.all().count();
+    let count = models.snapshot().all().count();
     let server =
-        Server::bind_with(config, Arc::new(registry), inherited).map_err(anyhow::Error::msg)?;
+        Server::bind_with(config, Arc::new(models), inherited).map_err(anyhow::Error::msg)?;
     watch_signals(server.handle(), Arc::clone(&notifier))?;
     let mut listeners = Vec::new();
     if let Some(addr) = server.local_addr() {
@@ -106,8 +106,8 @@ fn watch_signals(handle: ServerHandle, notifier: Arc<Notifier>) -> anyhow::Resul
                             notifier.send("RELOADING=1");
                             match handle.reload() {
                                 Ok(()) => {
-                                    log::info!("SIGHUP: reloaded TLS material and access policy");
-                                    notifier.ready("reloaded TLS material and access policy");
+                                    log::info!("SIGHUP: reloaded TLS material and access policy; rescanning models");
+                                    notifier.ready("reloaded TLS material and access policy; rescanning models");
                                 }
                                 Err(e) => {
                                     log::error!(

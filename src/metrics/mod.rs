@@ -16,7 +16,7 @@ pub use process::resident_bytes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use inferd_proto::{ErrorCode, LATENCY_BUCKETS_US};
@@ -25,7 +25,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::model::ServedModel;
+use crate::model::{LoadFigures, ServedModel};
 
 /// Bounds of the batch-size histogram (requests per model execution).
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
@@ -197,6 +197,12 @@ pub struct ScrapeInputs {
     pub ready: bool,
     /// Shutdown has begun.
     pub draining: bool,
+    /// Every served version and what loading it cost.
+    pub served: Vec<(String, u32, LoadFigures)>,
+    /// Failed model loads since start, by model.
+    pub load_failures: Vec<(String, u64)>,
+    /// Snapshots of the served set swapped in since start.
+    pub swaps: u64,
 }
 
 /// Every family the server exports, in one registry per server.
@@ -220,8 +226,11 @@ pub struct Metrics {
     ready: IntGauge,
     draining: IntGauge,
     process: process::ProcessMetrics,
-    /// The versions served when the server was built, looked up without a lock on the hot path.
-    pinned: Vec<(Arc<ServedModel>, Arc<ModelMetrics>)>,
+    /// Series by model version identity, read-locked on the hot path. Weak: a swapped-out version
+    /// must be freed when its last request is answered, not kept alive by its metrics.
+    known: RwLock<Vec<(Weak<ServedModel>, Arc<ModelMetrics>)>>,
+    load_failures: IntCounterVec,
+    swaps: IntCounter,
     /// name → version → series (nested so that a lookup borrows the name instead of allocating).
     models: Mutex<HashMap<String, HashMap<u32, Arc<ModelMetrics>>>>,
     /// Serialises scrapes: they set gauges and catch counters up.
@@ -313,7 +322,7 @@ impl Metrics {
         let warmup_seconds = reg!(GaugeVec::new(
             Opts::new(
                 "inferd_model_warmup_duration_seconds",
-                "Time of the warm-up run on the version's sample (0: no sample)."
+                "Time of the first warm-up run (0: warm-up off)."
             ),
             model
         )?);
@@ -371,6 +380,17 @@ impl Metrics {
             "inferd_draining",
             "1 once shutdown has begun."
         )?);
+        let load_failures = reg!(IntCounterVec::new(
+            Opts::new(
+                "inferd_model_load_failures_total",
+                "Model versions that failed to load or warm up (the previous version kept serving)."
+            ),
+            &["model"]
+        )?);
+        let swaps = reg!(IntCounter::new(
+            "inferd_model_swaps_total",
+            "Changes of the served set of model versions (loads, swaps, unloads) since start."
+        )?);
         let process = process::ProcessMetrics::register(&registry)?;
         Ok(Metrics {
             registry,
@@ -391,7 +411,9 @@ impl Metrics {
             ready,
             draining,
             process,
-            pinned: Vec::new(),
+            known: RwLock::new(Vec::new()),
+            load_failures,
+            swaps,
             models: Mutex::new(HashMap::new()),
             scrape: Mutex::new(()),
         })
@@ -405,42 +427,41 @@ impl Metrics {
         }
     }
 
-    /// Creates the series of these model versions now (so that a first scrape lists them all) and
-    /// keeps them in a table that [`Metrics::model`] reads without locking.
-    pub fn pin<'a>(&mut self, models: impl Iterator<Item = &'a Arc<ServedModel>>) {
+    /// Creates the series of these model versions now, so that a first scrape lists them all.
+    pub fn pin<'a>(&self, models: impl Iterator<Item = &'a Arc<ServedModel>>) {
         for m in models {
-            let series = self.model(m);
-            self.pinned.push((Arc::clone(m), series));
+            self.model(m);
         }
     }
 
-    /// A model version's series, created on first use (with its load figures).
-    pub fn model(&self, m: &ServedModel) -> Arc<ModelMetrics> {
-        // The versions served at start are found by identity, without the lock; others by name.
-        if let Some((_, series)) = self.pinned.iter().find(|(p, _)| std::ptr::eq(&**p, m)) {
+    /// A model version's series, created on first use.
+    pub fn model(&self, m: &Arc<ServedModel>) -> Arc<ModelMetrics> {
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, series)) = known.iter().find(|(k, _)| k.as_ptr() == Arc::as_ptr(m)) {
             return Arc::clone(series);
         }
-        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = models.get(m.name.as_str()).and_then(|v| v.get(&m.version)) {
-            return Arc::clone(found);
+        drop(known);
+        // A new version (or a reload of one): its series are found by name, so counters continue
+        // across a reload of the same version number.
+        let series = {
+            let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(found) = models.get(m.name.as_str()).and_then(|v| v.get(&m.version)) {
+                Arc::clone(found)
+            } else {
+                let created = Arc::new(self.resolve(&m.name, &m.version.to_string()));
+                models
+                    .entry(m.name.clone())
+                    .or_default()
+                    .insert(m.version, Arc::clone(&created));
+                created
+            }
+        };
+        let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        known.retain(|(k, _)| k.strong_count() > 0);
+        if !known.iter().any(|(k, _)| k.as_ptr() == Arc::as_ptr(m)) {
+            known.push((Arc::downgrade(m), Arc::clone(&series)));
         }
-        let version = m.version.to_string();
-        let labels = [m.name.as_str(), version.as_str()];
-        let created = Arc::new(self.resolve(&m.name, &version));
-        self.load_seconds
-            .with_label_values(&labels)
-            .set(m.load.load.as_secs_f64());
-        self.warmup_seconds
-            .with_label_values(&labels)
-            .set(m.load.warmup.map_or(0.0, |d| d.as_secs_f64()));
-        self.resident
-            .with_label_values(&labels)
-            .set(i64::try_from(m.load.resident_bytes).unwrap_or(i64::MAX));
-        models
-            .entry(m.name.clone())
-            .or_default()
-            .insert(m.version, Arc::clone(&created));
-        created
+        series
     }
 
     fn resolve(&self, name: &str, version: &str) -> ModelMetrics {
@@ -483,6 +504,28 @@ impl Metrics {
             let c = self.refused.with_label_values(&[cause]);
             c.inc_by(total.saturating_sub(c.get()));
         }
+        self.load_seconds.reset();
+        self.warmup_seconds.reset();
+        self.resident.reset();
+        for (name, version, figures) in &inputs.served {
+            let version = version.to_string();
+            let labels = [name.as_str(), version.as_str()];
+            self.load_seconds
+                .with_label_values(&labels)
+                .set(figures.load.as_secs_f64());
+            self.warmup_seconds
+                .with_label_values(&labels)
+                .set(figures.warmup.map_or(0.0, |d| d.as_secs_f64()));
+            self.resident
+                .with_label_values(&labels)
+                .set(i64::try_from(figures.resident_bytes).unwrap_or(i64::MAX));
+        }
+        for (model, total) in &inputs.load_failures {
+            let c = self.load_failures.with_label_values(&[model]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+        self.swaps
+            .inc_by(inputs.swaps.saturating_sub(self.swaps.get()));
         self.ready.set(i64::from(inputs.ready));
         self.draining.set(i64::from(inputs.draining));
         self.process.update();

@@ -1,14 +1,20 @@
-//! Models: what is on disk (`manifest`), how it runs (`runtime`, the only module that names tract),
-//! which versions are served (`registry`) and whether a request fits a model (`validate`).
+//! Models: what is on disk (`manifest`, `policy`), how it runs (`runtime`, the only module that
+//! names tract), how a version becomes servable (`load`), what is served now (`registry`, one
+//! snapshot) and how that follows the folder (`repository`), and whether a request fits a model
+//! (`validate`).
 
+pub mod load;
 pub mod manifest;
+pub mod policy;
 pub mod registry;
+pub mod repository;
 pub mod runtime;
 pub mod validate;
 
 use inferd_proto::DType;
 
 pub use registry::{LoadFigures, Registry, ServedModel};
+pub use repository::Repository;
 pub use runtime::Runtime;
 
 /// One dimension of a declared input or output shape.

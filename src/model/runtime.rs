@@ -9,9 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use inferd_proto::DType;
+use std::time::{Duration, Instant};
+
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTensor, TDim, TValue,
-    TVec, Tensor, TypedFact, TypedSimplePlan,
+    TVec, Tensor, TypedFact, TypedModel, TypedSimplePlan,
 };
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -31,21 +33,56 @@ pub struct Runtime {
 #[error("{0}")]
 pub struct RunError(pub String);
 
-impl Runtime {
-    /// Loads and optimises `model.onnx`. `facts`, if given (from a manifest), replaces the input facts the
+/// A model typed and decluttered but not yet optimised for this CPU: the form the prepared-model
+/// cache stores (as NNEF), because optimised plans hold CPU-specific kernels and cannot be serialised.
+#[derive(Debug)]
+pub struct Prepared {
+    model: TypedModel,
+    /// Output names, taken from the ONNX graph (NNEF renames outputs it cannot spell).
+    outputs: Vec<String>,
+}
+
+/// Where the time of one ONNX import went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportPhases {
+    /// Protobuf decoding into tract's inference graph.
+    pub parse: Duration,
+    /// Shape and type analysis into a typed graph.
+    pub typing: Duration,
+    /// Engine-independent simplification.
+    pub declutter: Duration,
+}
+
+/// The engine and its version, part of the prepared-cache key: a cache written by another tract is
+/// never read.
+pub const ENGINE: &str = concat!("tract-", "0.23.9");
+
+fn nnef() -> tract_nnef::framework::Nnef {
+    use tract_onnx_opl::WithOnnx;
+    tract_nnef::nnef().with_tract_resource().with_onnx()
+}
+
+impl Prepared {
+    /// Imports an ONNX file's bytes. `facts`, if given (from a manifest), replaces the input facts the
     /// file declares; it must name every input. Without it, dimensions the file leaves unnamed become
     /// fresh symbols (`<input>_<axis>`), resolved per request.
     ///
     /// # Errors
-    /// A message for the operator: unreadable file, unsupported operator or dtype, a manifest that
+    /// A message for the operator: unparsable file, unsupported operator or dtype, a manifest that
     /// contradicts the graph.
-    pub fn load(path: &Path, facts: Option<&[IoSpec]>) -> Result<Runtime, String> {
+    pub fn from_onnx(
+        bytes: &[u8],
+        facts: Option<&[IoSpec]>,
+    ) -> Result<(Prepared, ImportPhases), String> {
+        let started = Instant::now();
         // torch-dynamo exports name symbolic dimensions in value_info in ways that clash with the facts
         // we set; ignoring value_info is what tract recommends and costs nothing for other exporters.
         let mut model = tract_onnx::onnx()
             .with_ignore_value_info(true)
-            .model_for_path(path)
+            .model_for_read(&mut &bytes[..])
             .map_err(|e| format!("{e:#}"))?;
+        let parse = started.elapsed();
+        let started = Instant::now();
         let input_count = model.input_outlets().map_err(|e| format!("{e:#}"))?.len();
         for ix in 0..input_count {
             let outlet = model.input_outlets().map_err(|e| format!("{e:#}"))?[ix];
@@ -84,8 +121,63 @@ impl Runtime {
                 ));
             }
         }
-        let typed = model.into_optimized().map_err(|e| format!("{e:#}"))?;
-        let mut inputs = Vec::with_capacity(input_count);
+        let typed = model.into_typed().map_err(|e| format!("{e:#}"))?;
+        let typing = started.elapsed();
+        let started = Instant::now();
+        let model = typed.into_decluttered().map_err(|e| format!("{e:#}"))?;
+        let declutter = started.elapsed();
+        let outputs = output_names(&model)?;
+        Ok((
+            Prepared { model, outputs },
+            ImportPhases {
+                parse,
+                typing,
+                declutter,
+            },
+        ))
+    }
+
+    /// Reads the cached form written by [`Prepared::to_nnef`]; `outputs` are the names it was
+    /// written with.
+    ///
+    /// # Errors
+    /// A message if the archive is not a model this engine can read (a damaged cache entry).
+    pub fn from_nnef(bytes: &[u8], outputs: Vec<String>) -> Result<Prepared, String> {
+        let model = nnef()
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| format!("{e:#}"))?;
+        let count = model.output_outlets().map_err(|e| format!("{e:#}"))?.len();
+        if count != outputs.len() {
+            return Err(format!(
+                "the cached model has {count} outputs, its index names {}",
+                outputs.len()
+            ));
+        }
+        Ok(Prepared { model, outputs })
+    }
+
+    /// Serialises the model as an NNEF tar archive (tract's own operators included).
+    ///
+    /// # Errors
+    /// A message if an operator has no NNEF form; the model is then served without a cache entry.
+    pub fn to_nnef(&self) -> Result<Vec<u8>, String> {
+        nnef()
+            .write_to_tar(&self.model, Vec::new())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// The output names, in order.
+    pub fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// Optimises for this CPU and builds the plan workers run.
+    ///
+    /// # Errors
+    /// A message if tract cannot optimise or plan the graph.
+    pub fn into_runtime(self) -> Result<Runtime, String> {
+        let typed = self.model.into_optimized().map_err(|e| format!("{e:#}"))?;
+        let mut inputs = Vec::new();
         for (ix, outlet) in typed
             .input_outlets()
             .map_err(|e| format!("{e:#}"))?
@@ -95,19 +187,10 @@ impl Runtime {
             let fact = typed.input_fact(ix).map_err(|e| format!("{e:#}"))?;
             inputs.push(spec_of(&typed.node(outlet.node).name, fact)?);
         }
-        let mut outputs = Vec::new();
-        for (ix, outlet) in typed
-            .output_outlets()
-            .map_err(|e| format!("{e:#}"))?
-            .iter()
-            .enumerate()
-        {
-            let name = typed
-                .outlet_label(*outlet)
-                .map(str::to_owned)
-                .unwrap_or_else(|| typed.node(outlet.node).name.clone());
+        let mut outputs = Vec::with_capacity(self.outputs.len());
+        for (ix, name) in self.outputs.iter().enumerate() {
             let fact = typed.output_fact(ix).map_err(|e| format!("{e:#}"))?;
-            outputs.push(spec_of(&name, fact)?);
+            outputs.push(spec_of(name, fact)?);
         }
         let plan = typed.into_runnable().map_err(|e| format!("{e:#}"))?;
         Ok(Runtime {
@@ -115,6 +198,31 @@ impl Runtime {
             inputs,
             outputs,
         })
+    }
+}
+
+fn output_names(model: &TypedModel) -> Result<Vec<String>, String> {
+    Ok(model
+        .output_outlets()
+        .map_err(|e| format!("{e:#}"))?
+        .iter()
+        .map(|outlet| {
+            model
+                .outlet_label(*outlet)
+                .map(str::to_owned)
+                .unwrap_or_else(|| model.node(outlet.node).name.clone())
+        })
+        .collect())
+}
+
+impl Runtime {
+    /// Loads and optimises `model.onnx` without a cache (tests, tools).
+    ///
+    /// # Errors
+    /// As [`Prepared::from_onnx`] and [`Prepared::into_runtime`], or an unreadable file.
+    pub fn load(path: &Path, facts: Option<&[IoSpec]>) -> Result<Runtime, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Prepared::from_onnx(&bytes, facts)?.0.into_runtime()
     }
 
     /// Declared inputs, in the model's order.

@@ -264,7 +264,7 @@ impl Scheduler {
             .max()
     }
 
-    /// Jobs waiting for a worker, per model version that has had a queue.
+    /// Jobs waiting for a worker, per model version with a queue now (those without wait for none).
     pub fn depths(&self) -> Vec<(Arc<ServedModel>, usize)> {
         self.shared
             .lock()
@@ -302,6 +302,7 @@ impl Scheduler {
             });
             if found.is_some() {
                 st.total -= 1;
+                st.queues.retain(|q| !q.jobs.is_empty());
             }
             found
         };
@@ -455,6 +456,11 @@ fn next_batch(shared: &Shared) -> Option<Taken> {
             batch.reverse();
             let taken = batch.len() + dead.len();
             st.total -= taken;
+            if st.queues[ix].jobs.is_empty() {
+                // An empty queue would keep its model version alive after a swap; the next job of
+                // that version makes a new one.
+                st.queues.swap_remove(ix);
+            }
             return Some((model, batch, dead));
         }
         if st.closed {

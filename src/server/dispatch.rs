@@ -13,6 +13,7 @@ use super::Ctx;
 use crate::error::RequestError;
 use crate::metrics::Tracked;
 use crate::model::validate::validate;
+use crate::model::Registry;
 use crate::scheduler::{Completion, Job};
 use crate::tensor::HostTensor;
 
@@ -59,9 +60,13 @@ pub fn dispatch(
             }
             None
         }
-        Request::ListModels { id } => encode(&list_models(id, ctx, who), ctx),
+        Request::ListModels { id } => {
+            let snapshot = ctx.models.snapshot();
+            let frame = encode(&list_models(id, &snapshot, ctx, who), ctx);
+            frame
+        }
         // Reload reads a few small files; done inline, it delays this connection's reads by a
-        // moment and nothing else.
+        // moment and nothing else. The model rescan it asks for runs on the repository's thread.
         Request::Reload { id } => match who.may_admin(ctx).and_then(|()| {
             ctx.reload().map_err(|e| {
                 RequestError::new(
@@ -71,14 +76,17 @@ pub fn dispatch(
             })
         }) {
             Ok(()) => {
-                log::info!("{}: reloaded TLS material and access policy", who.peer);
+                log::info!(
+                    "{}: reloaded TLS material and access policy; model rescan queued",
+                    who.peer
+                );
                 encode(&Response::Done { id }, ctx)
             }
             Err(e) => error_frame(Some(id), &e, ctx),
         },
         Request::ModelInfo(q) => match who
             .may_use(ctx, q.model)
-            .and_then(|()| ctx.registry.get(q.model, q.version))
+            .and_then(|()| ctx.models.snapshot().get(q.model, q.version))
         {
             Ok(m) => match model_info(q.id, &m) {
                 Ok(info) => encode(&Response::ModelInfo(info), ctx),
@@ -95,7 +103,7 @@ pub fn dispatch(
                 log::debug!("{}: request {} refused: {e}", who.peer, q.id);
                 if ctx.config.metrics {
                     // Only known model versions get series of their own.
-                    match ctx.registry.get(q.model, q.version) {
+                    match ctx.models.snapshot().get(q.model, q.version) {
                         Ok(m) => {
                             ctx.metrics.model(&m).refused(e.code);
                         }
@@ -123,7 +131,7 @@ fn admit(
             "the server is shutting down",
         ));
     }
-    let model = ctx.registry.get(q.model, q.version)?;
+    let model = ctx.models.snapshot().get(q.model, q.version)?;
     let order = validate(model.runtime.inputs(), &q.inputs)?;
     let default = ctx.config.default_deadline;
     let allowed = q.deadline_ms.map_or(default, |ms| {
@@ -154,12 +162,11 @@ fn admit(
         .inspect_err(|_| in_flight.finish(q.id))
 }
 
-fn list_models<'c>(id: u32, ctx: &'c Ctx, who: Who<'_>) -> Response<'c> {
+fn list_models<'r>(id: u32, snapshot: &'r Registry, ctx: &Ctx, who: Who<'_>) -> Response<'r> {
     let mut models = heapless::Vec::<ModelEntry<'_>, MAX_MODELS>::new();
     let mut truncated = false;
     let access = ctx.access();
-    for m in ctx
-        .registry
+    for m in snapshot
         .all()
         .filter(|m| access.may_use(who.identity, &m.name))
     {

@@ -61,6 +61,7 @@ pub async fn accept_loop(
 /// The Prometheus text for the server's state now.
 pub fn render_metrics(ctx: &Ctx) -> String {
     let refused = ctx.refusals.counts();
+    let (failures, swaps) = ctx.models.counters();
     let inputs = ScrapeInputs {
         // Every served version, so that the series always exists.
         queued: ctx
@@ -76,6 +77,14 @@ pub fn render_metrics(ctx: &Ctx) -> String {
         ],
         ready: ctx.serving_state() == ServingState::Ready,
         draining: ctx.shutdown.is_draining(),
+        served: ctx
+            .models
+            .snapshot()
+            .all()
+            .map(|m| (m.name.clone(), m.version, m.load))
+            .collect(),
+        load_failures: failures.into_iter().collect(),
+        swaps,
     };
     ctx.metrics.render(&inputs)
 }
@@ -127,6 +136,7 @@ fn answer(head: &str, ctx: &Ctx) -> (&'static str, &'static str, String) {
             "text/plain; version=0.0.4; charset=utf-8",
             render_metrics(ctx),
         ),
+        "/models" => ("200 OK", "application/json", models_json(ctx)),
         "/health/live" => ("200 OK", TEXT, "live\n".into()),
         "/health/ready" => match ctx.serving_state() {
             ServingState::Ready => ("200 OK", TEXT, "ready\n".into()),
@@ -136,9 +146,20 @@ fn answer(head: &str, ctx: &Ctx) -> (&'static str, &'static str, String) {
         _ => (
             "404 Not Found",
             TEXT,
-            "try /metrics, /health/live or /health/ready\n".into(),
+            "try /metrics, /models, /health/live or /health/ready\n".into(),
         ),
     }
+}
+
+/// Every version in the repository folder with its state and why (what `inferd models` prints).
+fn models_json(ctx: &Ctx) -> String {
+    let body = serde_json::json!({
+        "repository": ctx.models.root().display().to_string(),
+        "versions": ctx.models.status(),
+    });
+    let mut text = body.to_string();
+    text.push('\n');
+    text
 }
 
 /// Reads up to the blank line ending the request head; `None` if it exceeds [`MAX_HEAD`].

@@ -28,7 +28,8 @@ use inferd_proto::{ErrorCode, ErrorResponse, Response, ServingState};
 
 use crate::config::ServeConfig;
 use crate::metrics::{Listener, Metrics};
-use crate::model::Registry;
+use crate::model::repository::Rescans;
+use crate::model::{Repository, ServedModel};
 use crate::scheduler::Scheduler;
 use crate::systemd::Inherited;
 use crate::tracker::Tracker;
@@ -43,8 +44,10 @@ use tls::TlsState;
 pub struct Ctx {
     /// Resolved settings.
     pub config: ServeConfig,
-    /// Served models.
-    pub registry: Arc<Registry>,
+    /// Served models, following the repository folder.
+    pub models: Arc<Repository>,
+    /// Asks the repository's watch thread for a rescan (SIGHUP, admin `Reload`).
+    rescans: Rescans,
     /// Queue and workers.
     pub scheduler: Scheduler,
     /// The shutdown latch.
@@ -76,16 +79,17 @@ impl Ctx {
 
     /// Every served model version with the requests of it waiting for a worker (0 when none has
     /// queued yet), for `/metrics` and `Stats`.
-    pub fn queued_by_model(&self) -> Vec<(&Arc<crate::model::ServedModel>, usize)> {
+    pub fn queued_by_model(&self) -> Vec<(Arc<ServedModel>, usize)> {
         let depths = self.scheduler.depths();
-        self.registry
+        self.models
+            .snapshot()
             .all()
             .map(|m| {
                 let n = depths
                     .iter()
                     .find(|(q, _)| Arc::ptr_eq(q, m))
                     .map_or(0, |(_, n)| *n);
-                (m, n)
+                (Arc::clone(m), n)
             })
             .collect()
     }
@@ -100,8 +104,10 @@ impl Ctx {
         )
     }
 
-    /// Re-reads the TLS material and the access policy; on any failure nothing changes.
+    /// Re-reads the TLS material and the access policy (on any failure neither changes), and asks
+    /// for a rescan of the model repository, which runs in the background.
     fn reload(&self) -> Result<(), String> {
+        self.rescans.request();
         let access = match &self.config.access {
             Some(path) => AccessPolicy::load(path)?,
             None => AccessPolicy::open(),
@@ -137,6 +143,11 @@ impl ServerHandle {
     /// `shutdown_delay` later.
     pub fn shutdown(&self) {
         self.ctx.shutdown.drain();
+    }
+
+    /// The served model repository (to rescan it, or read its status).
+    pub fn models(&self) -> &Arc<Repository> {
+        &self.ctx.models
     }
 
     /// Whether shutdown has begun.
@@ -200,8 +211,8 @@ impl Server {
     ///
     /// # Errors
     /// If an address cannot be bound, a file cannot be used, or a thread cannot be started.
-    pub fn bind(config: ServeConfig, registry: Arc<Registry>) -> Result<Server, String> {
-        Server::bind_with(config, registry, Inherited::default())
+    pub fn bind(config: ServeConfig, models: Arc<Repository>) -> Result<Server, String> {
+        Server::bind_with(config, models, Inherited::default())
     }
 
     /// As [`Server::bind`], but with the listeners systemd passed (socket activation). When any is
@@ -212,7 +223,7 @@ impl Server {
     /// As [`Server::bind`]; also a `tls` socket without TLS settings.
     pub fn bind_with(
         config: ServeConfig,
-        registry: Arc<Registry>,
+        models: Arc<Repository>,
         inherited: Inherited,
     ) -> Result<Server, String> {
         let bind = |addr: SocketAddr| {
@@ -252,13 +263,17 @@ impl Server {
             Some(path) => AccessPolicy::load(path)?,
             None => AccessPolicy::open(),
         };
-        let mut metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
-        metrics.pin(registry.all());
+        let metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
+        metrics.pin(models.snapshot().all());
+        let rescans = models
+            .watch(config.model_poll)
+            .map_err(|e| format!("starting the model watch thread: {e}"))?;
         let scheduler = Scheduler::start(config.workers, config.queue_capacity, config.max_batch)
             .map_err(|e| format!("starting workers: {e}"))?;
         let ctx = Arc::new(Ctx {
             config,
-            registry,
+            models,
+            rescans,
             scheduler,
             shutdown: Shutdown::default(),
             connections: Tracker::new(),

@@ -23,7 +23,10 @@ impl Snapshot {
             .queued_by_model()
             .into_iter()
             .filter(|(m, _)| access.may_use(who.identity, &m.name))
-            .map(|(m, queued)| (Arc::clone(m), ctx.metrics.model(m).snapshot(), queued))
+            .map(|(m, queued)| {
+                let series = ctx.metrics.model(&m).snapshot();
+                (m, series, queued)
+            })
             .collect();
         Snapshot { models }
     }

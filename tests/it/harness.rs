@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use inferd::config::{ServeArgs, ServeConfig};
-use inferd::model::Registry;
+use inferd::model::repository::Settings;
+use inferd::model::Repository;
 use inferd::server::{Server, ServerHandle};
 
 pub fn repo_root() -> &'static Path {
@@ -35,12 +36,13 @@ pub fn models_dir() -> &'static Path {
     })
 }
 
-/// The registry of [`models_dir`], loaded once and shared by every in-process server.
-pub fn registry() -> Arc<Registry> {
-    static REG: OnceLock<Arc<Registry>> = OnceLock::new();
-    Arc::clone(
-        REG.get_or_init(|| Arc::new(Registry::load(models_dir()).expect("test models load"))),
-    )
+/// The repository of [`models_dir`], loaded once and shared by every in-process server (it never
+/// changes; swap tests build their own).
+pub fn repository() -> Arc<Repository> {
+    static REPO: OnceLock<Arc<Repository>> = OnceLock::new();
+    Arc::clone(REPO.get_or_init(|| {
+        Arc::new(Repository::open(models_dir(), Settings::default()).expect("test models load"))
+    }))
 }
 
 /// A base config: port 0, the test repository, two workers.
@@ -50,6 +52,8 @@ pub fn config() -> ServeConfig {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         models: Some(models_dir().to_path_buf()),
         workers: Some(2),
+        // Tests that exercise the folder watch turn it on.
+        model_poll_ms: Some(0),
         ..ServeArgs::default()
     };
     ServeConfig::resolve(&args).unwrap()
@@ -70,9 +74,14 @@ impl TestServer {
     }
 
     pub fn with(adjust: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        TestServer::serving(repository(), adjust)
+    }
+
+    /// A server on a repository of the test's own.
+    pub fn serving(models: Arc<Repository>, adjust: impl FnOnce(&mut ServeConfig)) -> TestServer {
         let mut config = config();
         adjust(&mut config);
-        let server = Server::bind(config, registry()).expect("binds");
+        let server = Server::bind(config, models).expect("binds");
         let addr = server.local_addr().expect("a plain listener");
         let tls_addr = server.tls_local_addr();
         let metrics_addr = server.metrics_local_addr();

@@ -13,6 +13,7 @@ mod cross;
 mod errors;
 mod haproxy;
 mod harness;
+mod lifecycle;
 mod load;
 mod models;
 mod observability;

@@ -1,0 +1,133 @@
+//! Loading one version folder into a [`ServedModel`]: manifest, import, optimisation, warm-up.
+//!
+//! A version is servable only once it has run: warm-up executes it `runs` times on the inputs in
+//! `<version>/sample/*.npy` (one file per input, named after it), or on inputs generated within its
+//! declared shapes when it ships none, so that the first real request does not pay for first-run
+//! allocations and kernel selection, and so that a model that loads but cannot run never replaces a
+//! working version.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::manifest::Manifest;
+use super::registry::{LoadFigures, ServedModel, MODEL_FILE};
+use super::{DimSpec, IoSpec, LoadError, Runtime};
+use crate::tensor::HostTensor;
+
+/// Loads, optimises and warms `vdir` (`<root>/<name>/<version>`).
+///
+/// # Errors
+/// [`LoadError`] naming the file at fault: a bad manifest, a model tract cannot serve, inputs that
+/// contradict the manifest, or a failed warm-up run.
+pub fn load_version(
+    vdir: &Path,
+    name: &str,
+    version: u32,
+    warmup_runs: u32,
+) -> Result<ServedModel, LoadError> {
+    let onnx = vdir.join(MODEL_FILE);
+    let manifest = Manifest::load(vdir)?;
+    let facts = manifest
+        .as_ref()
+        .filter(|m| !m.inputs.is_empty())
+        .map(|m| m.inputs.as_slice());
+    let rss_before = crate::metrics::resident_bytes();
+    let started = Instant::now();
+    let runtime = Runtime::load(&onnx, facts).map_err(|message| LoadError::Model {
+        path: onnx.display().to_string(),
+        message,
+    })?;
+    let load = started.elapsed();
+    let warmup = warm_up(&runtime, vdir, warmup_runs).map_err(|message| LoadError::Model {
+        path: vdir.display().to_string(),
+        message: format!("warm-up failed: {message}"),
+    })?;
+    let resident_bytes = match (rss_before, crate::metrics::resident_bytes()) {
+        (Some(before), Some(after)) => after.saturating_sub(before),
+        _ => 0,
+    };
+    let inputs: Vec<String> = runtime.inputs().iter().map(ToString::to_string).collect();
+    let outputs: Vec<String> = runtime.outputs().iter().map(ToString::to_string).collect();
+    log::info!(
+        "loaded {name} v{version} in {} ms (warm-up {}): inputs [{}] outputs [{}]",
+        load.as_millis(),
+        warmup.map_or_else(|| "off".to_owned(), |d| format!("{} µs", d.as_micros())),
+        inputs.join("; "),
+        outputs.join("; ")
+    );
+    let manifest = manifest.unwrap_or_default();
+    let symbolic_first = |specs: &[IoSpec]| {
+        specs
+            .iter()
+            .all(|s| matches!(s.shape.first(), Some(DimSpec::Symbol(_))))
+    };
+    let batchable = manifest.batch_axis == Some(0)
+        && symbolic_first(runtime.inputs())
+        && symbolic_first(runtime.outputs());
+    if manifest.batch_axis.is_some() && !batchable {
+        log::warn!("{name} v{version}: batch_axis is set but the model's shapes do not allow stacking on axis 0; not batching");
+    }
+    Ok(ServedModel {
+        name: name.to_owned(),
+        version,
+        manifest,
+        runtime,
+        batchable,
+        load: LoadFigures {
+            load,
+            warmup,
+            resident_bytes,
+        },
+        loaded_at: std::time::SystemTime::now(),
+    })
+}
+
+/// Runs the model `runs` times; returns the first run's time (the one warm-up exists to absorb), or
+/// `None` when `runs` is 0.
+fn warm_up(runtime: &Runtime, vdir: &Path, runs: u32) -> Result<Option<Duration>, String> {
+    if runs == 0 {
+        return Ok(None);
+    }
+    let inputs = warm_up_inputs(runtime.inputs(), vdir)?;
+    let mut first = None;
+    for _ in 0..runs {
+        let started = Instant::now();
+        let batch = inputs.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.run(batch)))
+            .map_err(|_| "the model panicked".to_owned())?;
+        result.map_err(|e| e.to_string())?;
+        first.get_or_insert(started.elapsed());
+    }
+    Ok(first)
+}
+
+/// The shipped sample, ordered as the model's inputs; or, without a `sample/` folder, inputs
+/// generated within the declared shapes (symbolic dimensions set to 1).
+fn warm_up_inputs(specs: &[IoSpec], vdir: &Path) -> Result<Vec<HostTensor>, String> {
+    let dir = vdir.join("sample");
+    if !dir.is_dir() {
+        let mut rng = crate::loadgen::inputs::Rng::new(0x5eed);
+        return Ok(specs
+            .iter()
+            .map(|s| crate::loadgen::inputs::random(s, 1, &mut rng))
+            .collect());
+    }
+    let mut sample = crate::npy::read_folder(&dir).map_err(|e| e.to_string())?;
+    let mut ordered = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let ix = sample
+            .iter()
+            .position(|t| t.name == spec.name)
+            .ok_or_else(|| format!("sample/ has no {}.npy for input {}", spec.name, spec.name))?;
+        ordered.push(sample.swap_remove(ix));
+    }
+    // The sample must fit the model as a request would: a sample that does not is a version whose
+    // inputs changed without its sample, caught here rather than by tract.
+    let wire = ordered
+        .iter()
+        .map(HostTensor::to_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("sample/: {e}"))?;
+    super::validate::validate(specs, &wire).map_err(|e| format!("sample/: {e}"))?;
+    Ok(ordered)
+}

@@ -1,0 +1,558 @@
+//! The live model repository: `<root>/<name>/<version>/model.onnx`, kept in step with the folder.
+//!
+//! A rescan (at start, on SIGHUP, on an admin `Reload`, or every `--model-poll-ms`) lists the
+//! folders, applies each model's version policy, loads and warms every selected version that is new
+//! or whose files changed, and then swaps in a new [`Registry`] snapshot in one step. Requests keep the
+//! version they resolved (an `Arc`), so in-flight and queued work finishes on it, and an old version
+//! is freed when its last request is answered. A version that fails to load or warm never replaces
+//! a working one: the model keeps serving what it served, and the failure is kept (with the files'
+//! fingerprint, so it is not retried until they change) for `inferd models` and `/metrics`.
+//!
+//! Loads happen on the thread that rescans, one at a time and never on a request path. At start-up a
+//! failure is fatal instead: serving a repository partially, silently, is worse than not starting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use super::load::load_version;
+use super::policy::{ServingFile, VersionPolicy};
+use super::registry::MODEL_FILE;
+use super::{LoadError, LoadFigures, Registry, ServedModel};
+
+/// How the repository is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Versions served for models without a `serving.toml` that says otherwise.
+    pub policy: VersionPolicy,
+    /// Runs of each version before it takes traffic.
+    pub warmup_runs: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: VersionPolicy::default(),
+            warmup_runs: 3,
+        }
+    }
+}
+
+/// Where a version present in the folder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    /// Being loaded and warmed; not yet taking traffic.
+    Loading,
+    /// Taking traffic.
+    Serving,
+    /// Failed to load or warm; not retried until its files change.
+    Failed,
+    /// Present but not selected by the version policy.
+    Standby,
+}
+
+/// One version's state, for `inferd models` and `/models`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VersionStatus {
+    /// Model name.
+    pub name: String,
+    /// Version number.
+    pub version: u32,
+    /// Where it stands.
+    pub state: VersionState,
+    /// Why: the policy that selected or skipped it, or the load error.
+    pub reason: String,
+    /// Whether requests without a version get this one.
+    pub default: bool,
+    /// Seconds since the epoch at the last change of state.
+    pub since_unix: u64,
+    /// Load time (parse, analysis, optimisation), when serving.
+    pub load_ms: Option<f64>,
+    /// First warm-up run, when serving with warm-up on.
+    pub warmup_ms: Option<f64>,
+    /// Resident memory growth while it loaded, when serving.
+    pub resident_bytes: Option<u64>,
+}
+
+/// What one rescan changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Versions newly serving (or reloaded because their files changed).
+    pub loaded: Vec<(String, u32)>,
+    /// Versions no longer served (removed, or deselected by the policy).
+    pub unloaded: Vec<(String, u32)>,
+    /// Versions that failed, with the reason.
+    pub failed: Vec<(String, u32, String)>,
+}
+
+impl Changes {
+    /// Whether the served set changed.
+    pub fn swapped(&self) -> bool {
+        !self.loaded.is_empty() || !self.unloaded.is_empty()
+    }
+}
+
+/// Sizes and modification times of a version's files: a change means the version is reloaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+#[derive(Debug, Clone)]
+struct Entry {
+    fingerprint: Fingerprint,
+    state: VersionState,
+    reason: String,
+    since: SystemTime,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    versions: BTreeMap<(String, u32), Entry>,
+    /// Failed loads since start, by model (`inferd_model_load_failures_total`).
+    failures: BTreeMap<String, u64>,
+    /// Snapshots swapped in since start (`inferd_model_swaps_total`).
+    swaps: u64,
+}
+
+/// The served models and what the folder holds.
+#[derive(Debug)]
+pub struct Repository {
+    root: PathBuf,
+    settings: Settings,
+    current: RwLock<Arc<Registry>>,
+    book: Mutex<Book>,
+    /// One rescan at a time.
+    rescanning: Mutex<()>,
+}
+
+impl Repository {
+    /// Loads every version the policies select under `root`.
+    ///
+    /// # Errors
+    /// [`LoadError`] for an unreadable folder, a bad manifest or `serving.toml`, a model that cannot
+    /// be served, or a repository with nothing to serve.
+    pub fn open(root: &Path, settings: Settings) -> Result<Repository, LoadError> {
+        let repo = Repository {
+            root: root.to_path_buf(),
+            settings,
+            current: RwLock::new(Arc::new(Registry::default())),
+            book: Mutex::new(Book::default()),
+            rescanning: Mutex::new(()),
+        };
+        repo.sync(true)?;
+        if repo.snapshot().is_empty() {
+            return Err(LoadError::Layout(format!(
+                "no models under {}: expected <name>/<version>/{MODEL_FILE}",
+                root.display()
+            )));
+        }
+        Ok(repo)
+    }
+
+    /// The folder served.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// What is served now. Cheap: one read lock and an `Arc` clone.
+    pub fn snapshot(&self) -> Arc<Registry> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Brings the served set in line with the folder; see the module documentation.
+    ///
+    /// # Errors
+    /// Only if the repository folder itself cannot be read; per-model problems are recorded, logged
+    /// and returned in [`Changes::failed`] while the previous versions keep serving.
+    pub fn rescan(&self) -> Result<Changes, LoadError> {
+        self.sync(false)
+    }
+
+    /// Every version present or failed, sorted by name then version.
+    pub fn status(&self) -> Vec<VersionStatus> {
+        let snapshot = self.snapshot();
+        let book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        book.versions
+            .iter()
+            .map(|((name, version), e)| {
+                let served = snapshot.get(name, Some(*version)).ok();
+                let figures: Option<LoadFigures> = served.as_ref().map(|m| m.load);
+                VersionStatus {
+                    name: name.clone(),
+                    version: *version,
+                    state: e.state,
+                    reason: e.reason.clone(),
+                    default: served.is_some() && snapshot.default_version(name) == Some(*version),
+                    since_unix: e
+                        .since
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    load_ms: figures.map(|f| f.load.as_secs_f64() * 1e3),
+                    warmup_ms: figures
+                        .and_then(|f| f.warmup)
+                        .map(|d| d.as_secs_f64() * 1e3),
+                    resident_bytes: figures.map(|f| f.resident_bytes),
+                }
+            })
+            .collect()
+    }
+
+    /// Failed loads since start, by model, and snapshots swapped in since start.
+    pub fn counters(&self) -> (BTreeMap<String, u64>, u64) {
+        let book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        (book.failures.clone(), book.swaps)
+    }
+
+    /// Starts the thread that rescans when [`Rescans::request`] asks, and every `poll` if given.
+    /// It ends when every [`Rescans`] handle is dropped.
+    ///
+    /// # Errors
+    /// If the thread cannot be started.
+    pub fn watch(self: &Arc<Self>, poll: Option<Duration>) -> std::io::Result<Rescans> {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let repo = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("inferd-models".into())
+            .spawn(move || loop {
+                let asked = match poll {
+                    Some(every) => rx.recv_timeout(every),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                if asked == Err(RecvTimeoutError::Disconnected) {
+                    break;
+                }
+                if let Err(e) = repo.rescan() {
+                    log::error!("rescanning the model repository: {e}");
+                }
+            })?;
+        Ok(Rescans { tx })
+    }
+
+    fn sync(&self, strict: bool) -> Result<Changes, LoadError> {
+        let _one = self
+            .rescanning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.snapshot();
+        let scanned = scan(&self.root)?;
+        let mut changes = Changes::default();
+        let mut models = BTreeMap::new();
+        let mut defaults = BTreeMap::new();
+        let mut present_keys = BTreeSet::new();
+        for model in scanned {
+            let name = model.name.clone();
+            for v in model.versions.keys() {
+                present_keys.insert((name.clone(), *v));
+            }
+            let serving = match ServingFile::load(&model.dir) {
+                Ok(s) => s,
+                Err(message) => {
+                    let error = LoadError::Manifest {
+                        path: model
+                            .dir
+                            .join(super::policy::FILE_NAME)
+                            .display()
+                            .to_string(),
+                        message,
+                    };
+                    if strict {
+                        return Err(error);
+                    }
+                    // Keep serving what was served; the operator fixes the file.
+                    log::error!("{error}; {name} keeps its current versions");
+                    self.count_failure(&name);
+                    changes.failed.push((name.clone(), 0, error.to_string()));
+                    if let Some(kept) = current.versions(&name) {
+                        models.insert(name, kept);
+                    }
+                    continue;
+                }
+            };
+            let policy = serving
+                .versions
+                .clone()
+                .unwrap_or_else(|| self.settings.policy.clone());
+            let present: BTreeSet<u32> = model.versions.keys().copied().collect();
+            let wanted = policy.select(&present);
+            let mut served = BTreeMap::new();
+            for &v in &wanted {
+                let (dir, fingerprint) = &model.versions[&v];
+                let old = current.get(&name, Some(v)).ok().filter(|m| m.version == v);
+                let known = self.entry(&name, v);
+                let unchanged = known.as_ref().map(|e| &e.fingerprint) == Some(fingerprint);
+                if unchanged {
+                    if let Some(old) = &old {
+                        served.insert(v, Arc::clone(old));
+                        continue;
+                    }
+                    if known.map(|e| e.state) == Some(VersionState::Failed) {
+                        // Failed with these very files: not retried until they change.
+                        continue;
+                    }
+                }
+                self.record(&name, v, fingerprint, VersionState::Loading, "loading");
+                match load_version(dir, &name, v, self.settings.warmup_runs) {
+                    Ok(loaded) => {
+                        served.insert(v, Arc::new(loaded));
+                        changes.loaded.push((name.clone(), v));
+                    }
+                    Err(error) => {
+                        if strict {
+                            return Err(error);
+                        }
+                        let message = error.to_string();
+                        log::error!(
+                            "{name} v{v} cannot be served, keeping what was serving: {message}"
+                        );
+                        self.record(&name, v, fingerprint, VersionState::Failed, &message);
+                        self.count_failure(&name);
+                        changes.failed.push((name.clone(), v, message));
+                        if let Some(old) = old {
+                            // The same version, with its previous files.
+                            served.insert(v, old);
+                        }
+                    }
+                }
+            }
+            // Versions that failed leave the policy short: keep serving previously served versions
+            // (highest first) still present, so a failed upgrade never leaves a model unserved.
+            let short = wanted.len().saturating_sub(served.len());
+            if short > 0 {
+                if let Some(previous) = current.versions(&name) {
+                    for (v, old) in previous.into_iter().rev() {
+                        if served.len() >= wanted.len() {
+                            break;
+                        }
+                        if present.contains(&v) && !served.contains_key(&v) {
+                            served.insert(v, old);
+                        }
+                    }
+                }
+            }
+            for (&v, (_, fingerprint)) in &model.versions {
+                // A failure with these very files stays visible (the model may be serving the
+                // previous files of this version, or an older version, meanwhile).
+                if self.entry(&name, v).is_some_and(|e| {
+                    e.state == VersionState::Failed && &e.fingerprint == fingerprint
+                }) {
+                    continue;
+                }
+                let (state, reason) = if served.contains_key(&v) {
+                    let why = if wanted.contains(&v) {
+                        format!("selected by policy {policy}")
+                    } else {
+                        format!("kept: a version selected by policy {policy} failed")
+                    };
+                    (VersionState::Serving, why)
+                } else {
+                    (
+                        VersionState::Standby,
+                        format!("not selected by policy {policy}"),
+                    )
+                };
+                self.record(&name, v, fingerprint, state, &reason);
+            }
+            if !served.is_empty() {
+                if let Some(d) = serving.default_version {
+                    defaults.insert(name.clone(), d);
+                }
+                models.insert(name, served);
+            }
+        }
+        // Forget versions whose folders are gone.
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .versions
+            .retain(|k, _| present_keys.contains(k));
+        for old in current.all() {
+            let kept = models
+                .get(&old.name)
+                .and_then(|v: &BTreeMap<u32, Arc<ServedModel>>| v.get(&old.version))
+                .is_some_and(|m| Arc::ptr_eq(m, old));
+            let reloaded = changes.loaded.contains(&(old.name.clone(), old.version));
+            if !kept && !reloaded {
+                changes.unloaded.push((old.name.clone(), old.version));
+            }
+        }
+        if changes.swapped() {
+            *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+                Arc::new(Registry::from_parts(models, defaults));
+            self.book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .swaps += 1;
+            let names = |v: &[(String, u32)]| {
+                v.iter()
+                    .map(|(n, v)| format!("{n} v{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !strict {
+                log::info!(
+                    "models swapped: now serving [{}]; unloading once drained [{}]",
+                    names(&changes.loaded),
+                    names(&changes.unloaded)
+                );
+            }
+        }
+        Ok(changes)
+    }
+
+    fn entry(&self, name: &str, version: u32) -> Option<Entry> {
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .versions
+            .get(&(name.to_owned(), version))
+            .cloned()
+    }
+
+    fn record(
+        &self,
+        name: &str,
+        version: u32,
+        fingerprint: &Fingerprint,
+        state: VersionState,
+        reason: &str,
+    ) {
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = book
+            .versions
+            .entry((name.to_owned(), version))
+            .or_insert_with(|| Entry {
+                fingerprint: fingerprint.clone(),
+                state,
+                reason: String::new(),
+                since: SystemTime::now(),
+            });
+        if entry.state != state {
+            entry.since = SystemTime::now();
+        }
+        entry.fingerprint = fingerprint.clone();
+        entry.state = state;
+        reason.clone_into(&mut entry.reason);
+    }
+
+    fn count_failure(&self, name: &str) {
+        *self
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failures
+            .entry(name.to_owned())
+            .or_default() += 1;
+    }
+}
+
+/// Asks the repository's watch thread for a rescan.
+#[derive(Debug, Clone)]
+pub struct Rescans {
+    tx: SyncSender<()>,
+}
+
+impl Rescans {
+    /// Queues a rescan; one already queued covers this request too.
+    pub fn request(&self) {
+        match self.tx.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) => {}
+            Err(TrySendError::Disconnected(())) => {
+                log::warn!("the model watch thread has stopped; rescan not done");
+            }
+        }
+    }
+}
+
+/// One model folder as found on disk.
+struct Scanned {
+    name: String,
+    dir: PathBuf,
+    versions: BTreeMap<u32, (PathBuf, Fingerprint)>,
+}
+
+fn scan(root: &Path) -> Result<Vec<Scanned>, LoadError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| LoadError::Io { path, source }
+    };
+    let mut found = Vec::new();
+    for dir in sorted_dirs(root).map_err(io(root))? {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if !is_model_name(&name) {
+            if !name.starts_with('.') {
+                log::warn!(
+                    "skipping {}: model names use letters, digits, '.', '-' and '_'",
+                    dir.display()
+                );
+            }
+            continue;
+        }
+        let mut versions = BTreeMap::new();
+        for vdir in sorted_dirs(&dir).map_err(io(&dir))? {
+            // Folders that are not versions (a README folder, `.2-incoming`) are skipped.
+            let Some(version) = vdir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !vdir.join(MODEL_FILE).is_file() {
+                log::warn!("skipping {}: no {MODEL_FILE}", vdir.display());
+                continue;
+            }
+            let fingerprint = fingerprint(&vdir).map_err(io(&vdir))?;
+            versions.insert(version, (vdir, fingerprint));
+        }
+        if !versions.is_empty() {
+            found.push(Scanned {
+                name,
+                dir,
+                versions,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The files a version's behaviour depends on: the model, its manifest, its warm-up sample.
+fn fingerprint(vdir: &Path) -> std::io::Result<Fingerprint> {
+    let mut files = vec![vdir.join(MODEL_FILE), vdir.join(super::manifest::FILE_NAME)];
+    if let Ok(entries) = std::fs::read_dir(vdir.join("sample")) {
+        let mut sample: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        sample.sort();
+        files.extend(sample);
+    }
+    let mut seen = Vec::with_capacity(files.len());
+    for path in files {
+        match std::fs::metadata(&path) {
+            Ok(meta) => seen.push((path, meta.len(), meta.modified().ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Fingerprint(seen))
+}
+
+fn sorted_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn is_model_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}

@@ -1,0 +1,371 @@
+//! Model lifecycle: versions and policies, warm-up before serving, hot swap under load, broken
+//! versions that never replace working ones, unloading, the folder watch, and `inferd models`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use inferd::client::{BlockingClient, ClientOptions};
+use inferd::model::repository::{Settings, VersionState};
+use inferd::model::Repository;
+
+use crate::harness::{digits_input, eventually, http_get, repo_root, TestServer};
+
+/// A fresh repository folder for one test.
+fn temp_repo(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("inferd-it-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+            // Shipped files are read-only; tests rewrite some copies.
+            let mut perms = std::fs::metadata(&dest).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&dest, perms).unwrap();
+        }
+    }
+}
+
+/// Installs shipped digits-mlp as `<repo>/digits/<version>` the way operators should: copied beside,
+/// then renamed into place in one step.
+fn add_digits(repo: &Path, version: u32) {
+    let staging = repo.join("digits").join(format!(".{version}-incoming"));
+    copy_dir(&repo_root().join("models/digits-mlp/1"), &staging);
+    std::fs::rename(&staging, repo.join("digits").join(version.to_string())).unwrap();
+}
+
+fn open(repo: &Path) -> Arc<Repository> {
+    Arc::new(Repository::open(repo, Settings::default()).unwrap())
+}
+
+fn client(server: &TestServer) -> BlockingClient {
+    BlockingClient::connect(server.addr, ClientOptions::default()).unwrap()
+}
+
+fn served_version(client: &BlockingClient) -> u32 {
+    client
+        .infer("digits", None, &[digits_input()], None)
+        .unwrap()
+        .version
+}
+
+#[test]
+fn swaps_under_load_answer_every_request_and_free_the_old_version() {
+    let repo = temp_repo("swap");
+    add_digits(&repo, 1);
+    let models = open(&repo);
+    let server = TestServer::serving(Arc::clone(&models), |_| {});
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(Mutex::new(std::collections::BTreeMap::<u32, u64>::new()));
+    let failures = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, answered, failures) = (
+                Arc::clone(&stop),
+                Arc::clone(&answered),
+                Arc::clone(&failures),
+            );
+            let c = client(&server);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match c.infer("digits", None, &[digits_input()], None) {
+                        Ok(out) => *answered.lock().unwrap().entry(out.version).or_default() += 1,
+                        Err(e) => {
+                            eprintln!("request failed during swaps: {e}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let c = client(&server);
+    let mut freed = Vec::new();
+    for round in 0..6 {
+        // Add version 2 (latest:1 then serves it alone), then take it away (version 1 again).
+        let before = models.snapshot().get("digits", None).unwrap();
+        freed.push(Arc::downgrade(&before));
+        drop(before);
+        if round % 2 == 0 {
+            add_digits(&repo, 2);
+        } else {
+            std::fs::rename(repo.join("digits/2"), repo.join("digits/.2-removed")).unwrap();
+            std::fs::remove_dir_all(repo.join("digits/.2-removed")).unwrap();
+        }
+        let changes = models.rescan().unwrap();
+        let now = if round % 2 == 0 { 2 } else { 1 };
+        assert_eq!(
+            changes.loaded,
+            vec![("digits".to_owned(), now)],
+            "{changes:?}"
+        );
+        assert_eq!(
+            changes.unloaded,
+            vec![("digits".to_owned(), 3 - now)],
+            "{changes:?}"
+        );
+        // Every request resolved after the swap gets the new version.
+        assert_eq!(served_version(&c), now);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request may fail");
+    let answered = answered.lock().unwrap().clone();
+    eprintln!("answers by version: {answered:?}");
+    assert!(
+        answered.get(&1).copied().unwrap_or(0) > 0 && answered.get(&2).copied().unwrap_or(0) > 0
+    );
+    // Every swapped-out version is freed once its requests are answered.
+    eventually("swapped-out versions freed", || {
+        freed.iter().all(|w| w.strong_count() == 0)
+    });
+    // Version 2 exists no more; version 1 serves; both rescans agree.
+    let status = models.status();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(
+        (status[0].version, status[0].state, status[0].default),
+        (1, VersionState::Serving, true)
+    );
+    server.stop();
+}
+
+#[test]
+fn a_broken_version_never_replaces_a_working_one() {
+    let repo = temp_repo("broken");
+    add_digits(&repo, 1);
+    let models = open(&repo);
+    let server = TestServer::serving(Arc::clone(&models), |_| {});
+    let c = client(&server);
+
+    // A truncated model file.
+    add_digits(&repo, 2);
+    let onnx = repo.join("digits/2/model.onnx");
+    let bytes = std::fs::read(&onnx).unwrap();
+    std::fs::write(&onnx, &bytes[..bytes.len() / 3]).unwrap();
+    let changes = models.rescan().unwrap();
+    assert!(
+        changes.loaded.is_empty() && changes.unloaded.is_empty(),
+        "{changes:?}"
+    );
+    assert_eq!(changes.failed.len(), 1);
+    assert_eq!(served_version(&c), 1, "version 1 keeps serving");
+    let failed = models
+        .status()
+        .into_iter()
+        .find(|s| s.version == 2)
+        .unwrap();
+    assert_eq!(failed.state, VersionState::Failed);
+    assert!(failed.reason.contains("model.onnx"), "{}", failed.reason);
+    let kept = models
+        .status()
+        .into_iter()
+        .find(|s| s.version == 1)
+        .unwrap();
+    assert_eq!(kept.state, VersionState::Serving);
+    assert!(kept.reason.starts_with("kept"), "{}", kept.reason);
+
+    // Unchanged files are not retried on every rescan.
+    let again = models.rescan().unwrap();
+    assert!(again.failed.is_empty(), "{again:?}");
+    assert_eq!(models.counters().0.get("digits"), Some(&1));
+
+    // Inputs that do not match: another model's graph under digits' manifest.
+    std::fs::copy(repo_root().join("models/ppocr-cls/1/model.onnx"), &onnx).unwrap();
+    let changes = models.rescan().unwrap();
+    assert_eq!(changes.failed.len(), 1, "{changes:?}");
+    assert!(
+        changes.failed[0].2.contains("does not describe input"),
+        "{:?}",
+        changes.failed
+    );
+    assert_eq!(served_version(&c), 1);
+
+    // A model that loads but cannot run its warm-up sample is never served either.
+    std::fs::copy(repo_root().join("models/digits-mlp/1/model.onnx"), &onnx).unwrap();
+    std::fs::copy(
+        repo_root().join("models/ppocr-cls/1/sample/x.npy"),
+        repo.join("digits/2/sample/X.npy"),
+    )
+    .unwrap();
+    let changes = models.rescan().unwrap();
+    assert_eq!(changes.failed.len(), 1, "{changes:?}");
+    assert!(
+        changes.failed[0].2.contains("warm-up"),
+        "{:?}",
+        changes.failed
+    );
+    assert_eq!(served_version(&c), 1);
+
+    // Fixed: version 2 takes over.
+    std::fs::copy(
+        repo_root().join("models/digits-mlp/1/sample/X.npy"),
+        repo.join("digits/2/sample/X.npy"),
+    )
+    .unwrap();
+    let changes = models.rescan().unwrap();
+    assert_eq!(
+        changes.loaded,
+        vec![("digits".to_owned(), 2)],
+        "{changes:?}"
+    );
+    assert_eq!(served_version(&c), 2);
+    assert_eq!(models.counters().0.get("digits"), Some(&3));
+
+    // The failures are in /metrics.
+    let (_, metrics) = http_get(server.metrics_addr.unwrap(), "/metrics");
+    assert!(
+        metrics.contains("inferd_model_load_failures_total{model=\"digits\"} 3"),
+        "{metrics}"
+    );
+    server.stop();
+}
+
+#[test]
+fn version_policies_and_the_default_version() {
+    let repo = temp_repo("policy");
+    for v in [1, 2, 3] {
+        add_digits(&repo, v);
+    }
+    std::fs::write(
+        repo.join("digits/serving.toml"),
+        "versions = \"all\"\ndefault_version = 2\n",
+    )
+    .unwrap();
+    let models = open(&repo);
+    let server = TestServer::serving(Arc::clone(&models), |_| {});
+    let c = client(&server);
+    let listed: Vec<u32> = c
+        .list_models()
+        .unwrap()
+        .models
+        .iter()
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(listed, vec![1, 2, 3]);
+    assert_eq!(served_version(&c), 2, "default_version");
+    assert_eq!(
+        c.infer("digits", Some(3), &[digits_input()], None)
+            .unwrap()
+            .version,
+        3
+    );
+
+    std::fs::write(repo.join("digits/serving.toml"), "versions = [1]\n").unwrap();
+    let changes = models.rescan().unwrap();
+    assert_eq!(changes.unloaded.len(), 2, "{changes:?}");
+    assert_eq!(served_version(&c), 1);
+    let standby: Vec<(u32, VersionState)> = models
+        .status()
+        .into_iter()
+        .map(|s| (s.version, s.state))
+        .collect();
+    assert_eq!(
+        standby,
+        vec![
+            (1, VersionState::Serving),
+            (2, VersionState::Standby),
+            (3, VersionState::Standby)
+        ]
+    );
+    let e = c
+        .infer("digits", Some(3), &[digits_input()], None)
+        .unwrap_err();
+    assert!(e.to_string().contains("no version 3"), "{e}");
+
+    // A bad serving.toml keeps what is served.
+    std::fs::write(repo.join("digits/serving.toml"), "versions = \"newest\"\n").unwrap();
+    let changes = models.rescan().unwrap();
+    assert_eq!(changes.failed.len(), 1, "{changes:?}");
+    assert_eq!(served_version(&c), 1);
+    server.stop();
+}
+
+#[test]
+fn the_folder_watch_serves_a_dropped_in_version_and_inferd_models_shows_why() {
+    let repo = temp_repo("watch");
+    add_digits(&repo, 1);
+    let models = open(&repo);
+    let server = TestServer::serving(Arc::clone(&models), |c| {
+        c.model_poll = Some(Duration::from_millis(100));
+    });
+    let c = client(&server);
+    assert_eq!(served_version(&c), 1);
+    add_digits(&repo, 2);
+    eventually("version 2 served without a signal", || {
+        served_version(&c) == 2
+    });
+
+    let (status, body) = http_get(server.metrics_addr.unwrap(), "/models");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let versions = json["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{body}");
+    assert_eq!(versions[0]["state"], "standby");
+    assert_eq!(versions[0]["reason"], "not selected by policy latest:1");
+    assert_eq!(versions[1]["state"], "serving");
+    assert_eq!(versions[1]["default"], true);
+    assert!(versions[1]["load_ms"].as_f64().unwrap() > 0.0);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferd"))
+        .args([
+            "models",
+            "--http",
+            &server.metrics_addr.unwrap().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("digits ") && l.contains("serving"))
+        .unwrap();
+    assert!(line.contains(" 2 ") && line.contains("yes"), "{text}");
+    assert!(text.contains("not selected by policy latest:1"), "{text}");
+
+    // An admin Reload asks for a rescan too: removing version 2 brings version 1 back.
+    std::fs::remove_dir_all(repo.join("digits/2")).unwrap();
+    c.reload().unwrap();
+    eventually("version 1 served again", || served_version(&c) == 1);
+    server.stop();
+}
+
+#[test]
+fn warm_up_runs_before_a_version_serves_even_without_a_sample() {
+    let repo = temp_repo("warm");
+    add_digits(&repo, 1);
+    std::fs::remove_dir_all(repo.join("digits/1/sample")).unwrap();
+    let models = open(&repo);
+    let m = models.snapshot().get("digits", None).unwrap();
+    assert!(m.load.warmup.is_some(), "generated inputs warm it up");
+    let off = Repository::open(
+        &repo,
+        Settings {
+            warmup_runs: 0,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    assert!(off
+        .snapshot()
+        .get("digits", None)
+        .unwrap()
+        .load
+        .warmup
+        .is_none());
+}
