@@ -556,4 +556,34 @@ mod tests {
         };
         assert!(ServeConfig::resolve(&args).is_err());
     }
+
+    #[test]
+    fn the_shipped_unit_config_resolves_with_its_repository_settings() {
+        let args = ServeArgs {
+            config: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/inferd.toml")),
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.repository.policy, VersionPolicy::Latest(1));
+        assert_eq!(c.repository.warmup_runs, 3);
+        assert_eq!(c.model_poll, Some(Duration::from_secs(2)));
+        let off = ServeArgs {
+            model_poll_ms: Some(0),
+            version_policy: Some("all".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&off).unwrap();
+        assert_eq!(
+            (c.model_poll, c.repository.policy),
+            (None, VersionPolicy::All)
+        );
+        let too_often = ServeArgs {
+            model_poll_ms: Some(5),
+            ..ServeArgs::default()
+        };
+        assert!(ServeConfig::resolve(&too_often)
+            .unwrap_err()
+            .to_string()
+            .contains("model_poll_ms"));
+    }
 }

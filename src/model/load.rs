@@ -38,7 +38,14 @@ pub fn load_version(
         message,
     })?;
     let load = started.elapsed();
-    let warmup = warm_up(&runtime, vdir, warmup_runs).map_err(|message| LoadError::Model {
+    let warm = |runtime: &Runtime| -> Result<_, String> {
+        if warmup_runs == 0 {
+            return Ok((None, Vec::new()));
+        }
+        let inputs = warm_up_inputs(runtime.inputs(), vdir)?;
+        Ok((warm_up(runtime, &inputs, warmup_runs)?, inputs))
+    };
+    let (warmup, warmup_inputs) = warm(&runtime).map_err(|message| LoadError::Model {
         path: vdir.display().to_string(),
         message: format!("warm-up failed: {message}"),
     })?;
@@ -79,20 +86,21 @@ pub fn load_version(
             resident_bytes,
         },
         loaded_at: std::time::SystemTime::now(),
+        warmup_inputs,
     })
 }
 
-/// Runs the model `runs` times; returns the first run's time (the one warm-up exists to absorb), or
-/// `None` when `runs` is 0.
-fn warm_up(runtime: &Runtime, vdir: &Path, runs: u32) -> Result<Option<Duration>, String> {
-    if runs == 0 {
-        return Ok(None);
-    }
-    let inputs = warm_up_inputs(runtime.inputs(), vdir)?;
+/// Runs the model `runs` times on this (the loading) thread; returns the first run's time (the one
+/// warm-up exists to absorb). The scheduler then runs it once more on each worker thread.
+fn warm_up(
+    runtime: &Runtime,
+    inputs: &[HostTensor],
+    runs: u32,
+) -> Result<Option<Duration>, String> {
     let mut first = None;
     for _ in 0..runs {
         let started = Instant::now();
-        let batch = inputs.clone();
+        let batch = inputs.to_vec();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.run(batch)))
             .map_err(|_| "the model panicked".to_owned())?;
         result.map_err(|e| e.to_string())?;

@@ -36,6 +36,9 @@ pub struct ServedModel {
     pub load: LoadFigures,
     /// When it became servable.
     pub loaded_at: std::time::SystemTime,
+    /// What warm-up runs it on, in input order (the scheduler warms each worker with it); empty with
+    /// warm-up off.
+    pub warmup_inputs: Vec<crate::tensor::HostTensor>,
 }
 
 /// Time and memory one model version took to become servable.

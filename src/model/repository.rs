@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::load::load_version;
 use super::policy::{ServingFile, VersionPolicy};
@@ -116,12 +116,20 @@ struct Book {
     swaps: u64,
 }
 
+/// Runs a freshly loaded version on the server's inference workers before it is swapped in.
+pub type WorkerWarmUp = Arc<dyn Fn(&Arc<ServedModel>) -> Result<(), String> + Send + Sync>;
+
 /// The served models and what the folder holds.
-#[derive(Debug)]
 pub struct Repository {
     root: PathBuf,
     settings: Settings,
     current: RwLock<Arc<Registry>>,
+    /// Set by the server that serves this repository.
+    worker_warm_up: RwLock<Option<WorkerWarmUp>>,
+    /// Versions swapped out, held until their last request is answered so that they are freed here
+    /// (on the watch thread) rather than by whichever I/O or worker thread answers last: freeing a
+    /// model is milliseconds of work that would stall every connection on that thread.
+    retiring: Mutex<Vec<Arc<ServedModel>>>,
     book: Mutex<Book>,
     /// One rescan at a time.
     rescanning: Mutex<()>,
@@ -138,6 +146,8 @@ impl Repository {
             root: root.to_path_buf(),
             settings,
             current: RwLock::new(Arc::new(Registry::default())),
+            worker_warm_up: RwLock::new(None),
+            retiring: Mutex::new(Vec::new()),
             book: Mutex::new(Book::default()),
             rescanning: Mutex::new(()),
         };
@@ -149,6 +159,15 @@ impl Repository {
             )));
         }
         Ok(repo)
+    }
+
+    /// Has every version loaded from now on run on the inference workers (see
+    /// [`crate::scheduler::Warmer`]) before it is swapped in; a failure there fails the version.
+    pub fn warm_on_workers(&self, warm: WorkerWarmUp) {
+        *self
+            .worker_warm_up
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(warm);
     }
 
     /// The folder served.
@@ -210,21 +229,49 @@ impl Repository {
     ///
     /// # Errors
     /// If the thread cannot be started.
+    ///
+    /// The thread runs at a lower CPU priority (nice 19): a load is a burst of milliseconds of CPU
+    /// that, at normal priority, preempts a busy inference worker or the I/O thread on a gateway
+    /// with two cores and shows as tail latency; at nice 19 it mostly yields to them and still finishes,
+    /// with what CPU the serving threads leave, under full load (`benches/lifecycle.rs` measures both).
     pub fn watch(self: &Arc<Self>, poll: Option<Duration>) -> std::io::Result<Rescans> {
-        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let (tx, rx) = mpsc::sync_channel::<Ask>(1);
         let repo = Arc::clone(self);
         std::thread::Builder::new()
             .name("inferd-models".into())
-            .spawn(move || loop {
-                let asked = match poll {
-                    Some(every) => rx.recv_timeout(every),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                if asked == Err(RecvTimeoutError::Disconnected) {
-                    break;
-                }
-                if let Err(e) = repo.rescan() {
-                    log::error!("rescanning the model repository: {e}");
+            .spawn(move || {
+                background_priority();
+                let mut next_poll = poll.map(|every| Instant::now() + every);
+                loop {
+                    // Swapped-out versions waiting for their last request are looked at every
+                    // 50 ms; otherwise every second (rescans made elsewhere, tests, also retire).
+                    let idle = if repo.reap() > 0 {
+                        REAP_EVERY
+                    } else {
+                        IDLE_TICK
+                    };
+                    let wait = next_poll.map_or(idle, |t| {
+                        t.saturating_duration_since(Instant::now()).min(idle)
+                    });
+                    let reply = match rx.recv_timeout(wait) {
+                        Ok(reply) => reply,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                        Err(RecvTimeoutError::Timeout) => {
+                            if next_poll.is_some_and(|t| Instant::now() >= t) {
+                                None
+                            } else {
+                                continue;
+                            }
+                        }
+                    };
+                    next_poll = poll.map(|every| Instant::now() + every);
+                    let result = repo.rescan().map_err(|e| e.to_string());
+                    if let Err(e) = &result {
+                        log::error!("rescanning the model repository: {e}");
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
                 }
             })?;
         Ok(Rescans { tx })
@@ -293,9 +340,18 @@ impl Repository {
                     }
                 }
                 self.record(&name, v, fingerprint, VersionState::Loading, "loading");
-                match load_version(dir, &name, v, self.settings.warmup_runs) {
+                let loaded = load_version(dir, &name, v, self.settings.warmup_runs)
+                    .map(Arc::new)
+                    .and_then(|m| {
+                        self.warm_workers(&m).map_err(|message| LoadError::Model {
+                            path: dir.display().to_string(),
+                            message: format!("warm-up on the inference workers failed: {message}"),
+                        })?;
+                        Ok(m)
+                    });
+                match loaded {
                     Ok(loaded) => {
-                        served.insert(v, Arc::new(loaded));
+                        served.insert(v, loaded);
                         changes.loaded.push((name.clone(), v));
                     }
                     Err(error) => {
@@ -376,6 +432,12 @@ impl Repository {
             if !kept && !reloaded {
                 changes.unloaded.push((old.name.clone(), old.version));
             }
+            if !kept {
+                self.retiring
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Arc::clone(old));
+            }
         }
         if changes.swapped() {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) =
@@ -399,6 +461,39 @@ impl Repository {
             }
         }
         Ok(changes)
+    }
+
+    /// Frees the swapped-out versions no request holds any more; returns how many still wait.
+    fn reap(&self) -> usize {
+        let freed: Vec<Arc<ServedModel>> = {
+            let mut retiring = self.retiring.lock().unwrap_or_else(PoisonError::into_inner);
+            let (done, waiting) = std::mem::take(&mut *retiring)
+                .into_iter()
+                .partition(|m| Arc::strong_count(m) == 1);
+            *retiring = waiting;
+            done
+        };
+        for m in &freed {
+            log::debug!(
+                "freeing {} v{}: its last request is answered",
+                m.name,
+                m.version
+            );
+        }
+        drop(freed);
+        self.retiring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn warm_workers(&self, model: &Arc<ServedModel>) -> Result<(), String> {
+        let warm = self
+            .worker_warm_up
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        warm.map_or(Ok(()), |w| w(model))
     }
 
     fn entry(&self, name: &str, version: u32) -> Option<Entry> {
@@ -447,21 +542,63 @@ impl Repository {
     }
 }
 
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("root", &self.root)
+            .field("settings", &self.settings)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the watch thread looks for swapped-out versions to free while some wait.
+const REAP_EVERY: Duration = Duration::from_millis(50);
+
+/// How often it looks otherwise (for versions retired by a rescan made on another thread).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// A rescan request, with where to send its result if someone waits for it.
+type Ask = Option<mpsc::Sender<Result<Changes, String>>>;
+
 /// Asks the repository's watch thread for a rescan.
 #[derive(Debug, Clone)]
 pub struct Rescans {
-    tx: SyncSender<()>,
+    tx: SyncSender<Ask>,
 }
 
 impl Rescans {
     /// Queues a rescan; one already queued covers this request too.
     pub fn request(&self) {
-        match self.tx.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) => {}
-            Err(TrySendError::Disconnected(())) => {
+        match self.tx.try_send(None) {
+            Ok(()) | Err(TrySendError::Full(_)) => {}
+            Err(TrySendError::Disconnected(_)) => {
                 log::warn!("the model watch thread has stopped; rescan not done");
             }
         }
+    }
+
+    /// Rescans on the watch thread (at its priority) and waits for the result.
+    ///
+    /// # Errors
+    /// The rescan's error, or the watch thread having stopped.
+    pub fn rescan_and_wait(&self) -> Result<Changes, String> {
+        let (reply, result) = mpsc::channel();
+        self.tx
+            .send(Some(reply))
+            .map_err(|_| "the model watch thread has stopped".to_owned())?;
+        result
+            .recv()
+            .map_err(|_| "the model watch thread has stopped".to_owned())?
+    }
+}
+
+/// Lowers the calling thread's CPU priority to nice 19 (see [`Repository::watch`]). Lowering needs
+/// no privilege; where a system-call filter refuses it, loads simply run at normal priority.
+fn background_priority() {
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
+        log::debug!("cannot lower the model loader's priority ({e}); loading at normal priority");
     }
 }
 

@@ -8,6 +8,9 @@
 //! model once and splits the outputs back (`policy`, `batch`). A batch is never waited for: batches form
 //! only from requests that queued while the workers were busy. Requests whose client has gone or whose
 //! deadline has passed are taken out without being computed. tract never runs on an executor thread.
+//!
+//! A model version is also run once on every worker before it takes traffic ([`Warmer`]): tract keeps
+//! matrix-multiply scratch space per thread, and a worker's first run of a model pays for it.
 
 mod batch;
 pub mod policy;
@@ -15,7 +18,7 @@ pub mod policy;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -128,9 +131,18 @@ struct ModelQueue {
     jobs: VecDeque<Queued>,
 }
 
+/// A warm-up run for one worker.
+#[derive(Debug)]
+struct Warm {
+    model: Arc<ServedModel>,
+    done: mpsc::Sender<Result<(), String>>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     queues: Vec<ModelQueue>,
+    /// Per worker: warm-up runs it must do before taking queued work.
+    warm: Vec<VecDeque<Warm>>,
     total: usize,
     next_seq: u64,
     closed: bool,
@@ -171,7 +183,10 @@ impl Scheduler {
     /// If a thread cannot be spawned.
     pub fn start(workers: usize, capacity: usize, max_batch: u64) -> std::io::Result<Scheduler> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                warm: (0..workers.max(1)).map(|_| VecDeque::new()).collect(),
+                ..State::default()
+            }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
             max_batch: max_batch.max(1),
@@ -243,6 +258,22 @@ impl Scheduler {
         }
         self.shared.ready.notify_one();
         Ok(())
+    }
+
+    /// Runs `model` once on every worker on its warm-up inputs (ahead of queued work), and waits.
+    ///
+    /// # Errors
+    /// The first failure (a run error or panic), or the scheduler stopping meanwhile.
+    pub fn warm(&self, model: &Arc<ServedModel>) -> Result<(), String> {
+        warm_on(&self.shared, model)
+    }
+
+    /// A handle that warms versions on these workers for as long as they run, for the repository
+    /// to call before it swaps a version in.
+    pub fn warmer(&self) -> Warmer {
+        Warmer {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// Jobs waiting for a worker.
@@ -329,6 +360,52 @@ impl Scheduler {
     }
 }
 
+/// Warms model versions on a scheduler's workers; does nothing once the scheduler is gone.
+#[derive(Debug, Clone)]
+pub struct Warmer {
+    shared: Weak<Shared>,
+}
+
+impl Warmer {
+    /// As [`Scheduler::warm`]; `Ok` when the scheduler has stopped (nothing left to warm).
+    ///
+    /// # Errors
+    /// As [`Scheduler::warm`].
+    pub fn warm(&self, model: &Arc<ServedModel>) -> Result<(), String> {
+        match self.shared.upgrade() {
+            Some(shared) => warm_on(&shared, model),
+            None => Ok(()),
+        }
+    }
+}
+
+fn warm_on(shared: &Shared, model: &Arc<ServedModel>) -> Result<(), String> {
+    if model.warmup_inputs.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = mpsc::channel();
+    let workers = {
+        let mut st = shared.lock();
+        if st.closed {
+            return Err("the inference workers are stopping".into());
+        }
+        for queue in &mut st.warm {
+            queue.push_back(Warm {
+                model: Arc::clone(model),
+                done: tx.clone(),
+            });
+        }
+        st.warm.len()
+    };
+    drop(tx);
+    shared.ready.notify_all();
+    for _ in 0..workers {
+        rx.recv()
+            .map_err(|_| "the inference workers stopped".to_owned())??;
+    }
+    Ok(())
+}
+
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shutdown();
@@ -360,9 +437,21 @@ fn work(shared: &Shared, me: usize) {
     let Some(busy) = shared.busy_since.get(me) else {
         return;
     };
-    while let Some((model, batch, dead)) = next_batch(shared) {
+    while let Some(next) = next_batch(shared, me) {
         let since = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
         busy.store(since + 1, Ordering::Relaxed);
+        let (model, batch, dead) = match next {
+            Next::Work(taken) => taken,
+            Next::Warm(warm) => {
+                let inputs = warm.model.warmup_inputs.clone();
+                let result = catch_unwind(AssertUnwindSafe(|| warm.model.runtime.run(inputs)))
+                    .map_err(|_| "the model panicked".to_owned())
+                    .and_then(|r| r.map(drop).map_err(|e| e.to_string()));
+                let _ = warm.done.send(result);
+                busy.store(0, Ordering::Relaxed);
+                continue;
+            }
+        };
         for job in dead {
             if job.cancel.load(Ordering::Acquire) {
                 shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -397,6 +486,14 @@ fn work(shared: &Shared, me: usize) {
 
 type Taken = (Arc<ServedModel>, Vec<Job>, Vec<Job>);
 
+/// What a worker does next.
+enum Next {
+    /// A batch (and the dead jobs taken with it).
+    Work(Taken),
+    /// A warm-up run.
+    Warm(Warm),
+}
+
 fn cancelled() -> RequestError {
     RequestError::new(
         ErrorCode::CANCELLED,
@@ -404,11 +501,14 @@ fn cancelled() -> RequestError {
     )
 }
 
-/// Blocks until there is work (or shutdown with nothing left), then takes one batch out of the queue
-/// whose oldest request is oldest.
-fn next_batch(shared: &Shared) -> Option<Taken> {
+/// Blocks until there is work (or shutdown with nothing left), then takes this worker's next warm-up
+/// run, or one batch out of the queue whose oldest request is oldest.
+fn next_batch(shared: &Shared, me: usize) -> Option<Next> {
     let mut st = shared.lock();
     loop {
+        if let Some(warm) = st.warm.get_mut(me).and_then(VecDeque::pop_front) {
+            return Some(Next::Warm(warm));
+        }
         let oldest = st
             .queues
             .iter()
@@ -461,7 +561,7 @@ fn next_batch(shared: &Shared) -> Option<Taken> {
                 // that version makes a new one.
                 st.queues.swap_remove(ix);
             }
-            return Some((model, batch, dead));
+            return Some(Next::Work((model, batch, dead)));
         }
         if st.closed {
             return None;

@@ -150,6 +150,15 @@ impl ServerHandle {
         &self.ctx.models
     }
 
+    /// Rescans the repository on its watch thread (where SIGHUP, `Reload` and the poll rescan, at
+    /// background priority) and waits for the result.
+    ///
+    /// # Errors
+    /// As [`crate::model::repository::Rescans::rescan_and_wait`].
+    pub fn rescan_models(&self) -> Result<crate::model::repository::Changes, String> {
+        self.ctx.rescans.rescan_and_wait()
+    }
+
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.ctx.shutdown.is_draining()
@@ -270,6 +279,15 @@ impl Server {
             .map_err(|e| format!("starting the model watch thread: {e}"))?;
         let scheduler = Scheduler::start(config.workers, config.queue_capacity, config.max_batch)
             .map_err(|e| format!("starting workers: {e}"))?;
+        // Every worker runs every served version once before the first request (tract's scratch
+        // space is per thread), and so does each version loaded later, before it is swapped in.
+        for m in models.snapshot().all() {
+            scheduler
+                .warm(m)
+                .map_err(|e| format!("warming {} v{} on the workers: {e}", m.name, m.version))?;
+        }
+        let warmer = scheduler.warmer();
+        models.warm_on_workers(Arc::new(move |m| warmer.warm(m)));
         let ctx = Arc::new(Ctx {
             config,
             models,

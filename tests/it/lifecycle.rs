@@ -369,3 +369,37 @@ fn warm_up_runs_before_a_version_serves_even_without_a_sample() {
         .warmup
         .is_none());
 }
+
+#[test]
+fn each_worker_runs_a_version_before_it_serves() {
+    use inferd::model::ServedModel;
+    use inferd::scheduler::Scheduler;
+    let repo = temp_repo("workers");
+    add_digits(&repo, 1);
+    let models = open(&repo);
+    let m = models.snapshot().get("digits", None).unwrap();
+    let scheduler = Scheduler::start(3, 8, 1).unwrap();
+    // Waits for one run on each of the three workers; warm-up runs are not request executions.
+    scheduler.warm(&m).unwrap();
+    assert_eq!(scheduler.stats().executions, 0);
+    // Warm-up inputs the model cannot take fail the version.
+    let wrong = Arc::new(ServedModel {
+        name: m.name.clone(),
+        version: 2,
+        manifest: m.manifest.clone(),
+        runtime: m.runtime.clone(),
+        batchable: m.batchable,
+        load: m.load,
+        loaded_at: m.loaded_at,
+        warmup_inputs: vec![crate::harness::ppocr_input()],
+    });
+    assert!(scheduler.warm(&wrong).is_err());
+    let warmer = scheduler.warmer();
+    scheduler.shutdown();
+    assert!(scheduler.warm(&m).unwrap_err().contains("stopping"));
+    drop(scheduler);
+    assert!(
+        warmer.warm(&m).is_ok(),
+        "nothing to warm once the workers are gone"
+    );
+}
