@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// only on SIGHUP or an admin Reload. [default: 2000]
     #[arg(long, env = "INFERD_MODEL_POLL_MS")]
     pub model_poll_ms: Option<u64>,
+    /// Cap on the weights of resident model versions, in MiB; 0: no cap. Pinned models always load
+    /// (start-up fails if they alone exceed it); models with `pinned = false` load on demand and
+    /// are evicted least recently used first. [default: 0]
+    #[arg(long, env = "INFERD_MODEL_MEMORY_MB")]
+    pub model_memory_mb: Option<u64>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win over it.
     #[arg(long, env = "INFERD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -140,6 +145,7 @@ struct FileConfig {
     version_policy: Option<String>,
     warmup_runs: Option<u32>,
     model_poll_ms: Option<u64>,
+    model_memory_mb: Option<u64>,
     workers: Option<usize>,
     io_threads: Option<usize>,
     max_connections: Option<usize>,
@@ -331,6 +337,10 @@ impl ServeConfig {
                     (None, None) => VersionPolicy::default(),
                 },
                 warmup_runs: args.warmup_runs.or(file.warmup_runs).unwrap_or(3),
+                memory_budget: match args.model_memory_mb.or(file.model_memory_mb).unwrap_or(0) {
+                    0 => None,
+                    mib => Some(mib.saturating_mul(1 << 20)),
+                },
             },
             model_poll: match args.model_poll_ms.or(file.model_poll_ms).unwrap_or(2_000) {
                 0 => None,

@@ -78,6 +78,9 @@ codes! {
     DEADLINE_EXCEEDED = 23, "deadline_exceeded";
     /// The client cancelled the request before it started; it was not run.
     CANCELLED = 24, "cancelled";
+    /// The model is loaded on demand (`pinned = false`) and is not resident now: loading has begun,
+    /// or it does not fit the memory budget (the message says which). Retry shortly.
+    NOT_LOADED = 25, "not_loaded";
 
     // Server faults.
     /// The model failed while running this request (logged on the server).

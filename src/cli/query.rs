@@ -67,8 +67,8 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
         status["repository"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<24} {:>7} {:<8} {:>8} {:>10} {:>10}  reason",
-        "model", "version", "state", "default", "load ms", "RSS MiB"
+        "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>11} {:>8}  reason",
+        "model", "version", "state", "default", "pinned", "load ms", "weights MiB", "RSS MiB"
     );
     for v in status["versions"]
         .as_array()
@@ -80,17 +80,22 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |x| format!("{:.1}", x / scale))
         };
+        let yes = |key: &str| {
+            if v[key].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+        };
         println!(
-            "{:<24} {:>7} {:<8} {:>8} {:>10} {:>10}  {}",
+            "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>11} {:>8}  {}",
             v["name"].as_str().unwrap_or("?"),
             v["version"].as_u64().unwrap_or(0),
             v["state"].as_str().unwrap_or("?"),
-            if v["default"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                ""
-            },
+            yes("default"),
+            yes("pinned"),
             num("load_ms", 1.0),
+            num("weights_bytes", 1024.0 * 1024.0),
             num("resident_bytes", 1024.0 * 1024.0),
             v["reason"].as_str().unwrap_or("")
         );

@@ -86,6 +86,7 @@ pub fn load_version(
             resident_bytes,
         },
         loaded_at: std::time::SystemTime::now(),
+        last_used: std::sync::atomic::AtomicU64::new(super::registry::now_ms()),
         warmup_inputs,
     })
 }

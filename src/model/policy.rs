@@ -89,6 +89,9 @@ pub struct ServingFile {
     pub versions: Option<VersionPolicy>,
     /// The version a request without one gets, when served.
     pub default_version: Option<u32>,
+    /// `false`: loaded when a request asks for it and evicted (least recently used first) when
+    /// the memory budget needs room; `true` (the default): always resident.
+    pub pinned: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +99,7 @@ pub struct ServingFile {
 struct Raw {
     versions: Option<RawPolicy>,
     default_version: Option<u32>,
+    pinned: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +137,7 @@ impl ServingFile {
         Ok(ServingFile {
             versions,
             default_version: raw.default_version,
+            pinned: raw.pinned,
         })
     }
 }
@@ -175,8 +180,9 @@ mod tests {
         let f = ServingFile::parse("versions = [1, 2]\ndefault_version = 1").unwrap();
         assert_eq!(f.versions, Some(VersionPolicy::Specific(set(&[1, 2]))));
         assert_eq!(f.default_version, Some(1));
-        let f = ServingFile::parse("versions = \"latest:2\"").unwrap();
+        let f = ServingFile::parse("versions = \"latest:2\"\npinned = false").unwrap();
         assert_eq!(f.versions, Some(VersionPolicy::Latest(2)));
+        assert_eq!(f.pinned, Some(false));
         assert!(ServingFile::parse("version = 'all'")
             .unwrap_err()
             .contains("version"));

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,9 +37,36 @@ pub struct ServedModel {
     pub load: LoadFigures,
     /// When it became servable.
     pub loaded_at: std::time::SystemTime,
+    /// When a request last used it, in ms since the process's first load (least recently used
+    /// models loaded on demand are evicted first).
+    pub last_used: AtomicU64,
     /// What warm-up runs it on, in input order (the scheduler warms each worker with it); empty with
     /// warm-up off.
     pub warmup_inputs: Vec<crate::tensor::HostTensor>,
+}
+
+impl ServedModel {
+    /// Marks it used now (one relaxed store per request).
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// When a request last used it (see [`ServedModel::last_used`]).
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+}
+
+/// Milliseconds since the first call: a monotonic clock for least-recently-used order.
+pub fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(
+        EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
 }
 
 /// Time and memory one model version took to become servable.
@@ -59,6 +87,8 @@ pub struct LoadFigures {
 pub struct Registry {
     models: BTreeMap<String, BTreeMap<u32, Arc<ServedModel>>>,
     defaults: BTreeMap<String, u32>,
+    /// Models loaded on demand that are not resident, with what a request for them is told.
+    on_demand: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -76,8 +106,18 @@ impl Registry {
     pub(crate) fn from_parts(
         models: BTreeMap<String, BTreeMap<u32, Arc<ServedModel>>>,
         defaults: BTreeMap<String, u32>,
+        on_demand: BTreeMap<String, String>,
     ) -> Registry {
-        Registry { models, defaults }
+        Registry {
+            models,
+            defaults,
+            on_demand,
+        }
+    }
+
+    /// Models loaded on demand that are not resident now.
+    pub(crate) fn on_demand(&self) -> &BTreeMap<String, String> {
+        &self.on_demand
     }
 
     /// Finds a model version; `None` means the highest.
@@ -85,9 +125,17 @@ impl Registry {
     /// # Errors
     /// `UNKNOWN_MODEL` or `UNKNOWN_VERSION`.
     pub fn get(&self, name: &str, version: Option<u32>) -> Result<Arc<ServedModel>, RequestError> {
-        let versions = self.models.get(name).ok_or_else(|| {
-            RequestError::new(ErrorCode::UNKNOWN_MODEL, format!("no model named {name:?}"))
-        })?;
+        let versions = self
+            .models
+            .get(name)
+            .ok_or_else(|| match self.on_demand.get(name) {
+                Some(why) => {
+                    RequestError::new(ErrorCode::NOT_LOADED, format!("model {name:?}: {why}"))
+                }
+                None => {
+                    RequestError::new(ErrorCode::UNKNOWN_MODEL, format!("no model named {name:?}"))
+                }
+            })?;
         let found = match version {
             Some(v) => versions.get(&v),
             None => self

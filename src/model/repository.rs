@@ -29,6 +29,8 @@ pub struct Settings {
     pub policy: VersionPolicy,
     /// Runs of each version before it takes traffic.
     pub warmup_runs: u32,
+    /// Cap on the weights of resident versions, in bytes; `None`: no cap.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
         Settings {
             policy: VersionPolicy::default(),
             warmup_runs: 3,
+            memory_budget: None,
         }
     }
 }
@@ -75,6 +78,10 @@ pub struct VersionStatus {
     pub warmup_ms: Option<f64>,
     /// Resident memory growth while it loaded, when serving.
     pub resident_bytes: Option<u64>,
+    /// Bytes of its weights, what the memory budget counts, when serving.
+    pub weights_bytes: Option<u64>,
+    /// Whether the model stays resident (`pinned = true`, the default) or is loaded on demand.
+    pub pinned: bool,
 }
 
 /// What one rescan changed.
@@ -114,7 +121,21 @@ struct Book {
     failures: BTreeMap<String, u64>,
     /// Snapshots swapped in since start (`inferd_model_swaps_total`).
     swaps: u64,
+    /// Models whose `serving.toml` says `pinned = false`.
+    unpinned: BTreeSet<String>,
+    /// Models loaded on demand that a request has asked for since the last rescan.
+    demand: BTreeSet<String>,
 }
+
+/// Why an evicted version is not resident.
+const EVICTED: &str =
+    "evicted: the least recently used model loaded on demand, to make room within the memory budget";
+
+/// What a request for a model loaded on demand, not resident, is told.
+const NOT_RESIDENT: &str = "it is loaded on demand and not resident: loading it now, retry shortly";
+
+/// The start of a refusal by the memory budget (a demand retries those).
+const DOES_NOT_FIT: &str = "does not fit the memory budget";
 
 /// Runs a freshly loaded version on the server's inference workers before it is swapped in.
 pub type WorkerWarmUp = Arc<dyn Fn(&Arc<ServedModel>) -> Result<(), String> + Send + Sync>;
@@ -213,9 +234,22 @@ impl Repository {
                         .and_then(|f| f.warmup)
                         .map(|d| d.as_secs_f64() * 1e3),
                     resident_bytes: figures.map(|f| f.resident_bytes),
+                    weights_bytes: served.as_ref().map(|m| m.runtime.weight_bytes()),
+                    pinned: !book.unpinned.contains(name),
                 }
             })
             .collect()
+    }
+
+    /// A request wants `name`, a model loaded on demand that is not resident: the next rescan loads
+    /// it (evicting the least recently used on-demand models if the budget needs room). A refusal by
+    /// the budget is retried on demand, since memory may have been freed since.
+    pub fn demand(&self, name: &str) {
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        book.demand.insert(name.to_owned());
+        book.versions.retain(|(n, _), e| {
+            !(n == name && e.state == VersionState::Failed && e.reason.contains(DOES_NOT_FIT))
+        });
     }
 
     /// Failed loads since start, by model, and snapshots swapped in since start.
@@ -283,17 +317,39 @@ impl Repository {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.snapshot();
-        let scanned = scan(&self.root)?;
+        let scanned: Vec<(Scanned, Result<ServingFile, String>)> = scan(&self.root)?
+            .into_iter()
+            .map(|m| {
+                let serving = ServingFile::load(&m.dir);
+                (m, serving)
+            })
+            .collect();
+        let unpinned: BTreeSet<String> = scanned
+            .iter()
+            .filter(|(_, s)| s.as_ref().is_ok_and(|s| s.pinned == Some(false)))
+            .map(|(m, _)| m.name.clone())
+            .collect();
+        let demand = {
+            let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+            book.unpinned.clone_from(&unpinned);
+            std::mem::take(&mut book.demand)
+        };
+        let mut room = Room {
+            budget: self.settings.memory_budget,
+            used: current.all().map(|m| m.runtime.weight_bytes()).sum(),
+            evicted: BTreeSet::new(),
+        };
         let mut changes = Changes::default();
         let mut models = BTreeMap::new();
         let mut defaults = BTreeMap::new();
+        let mut on_demand = BTreeMap::new();
         let mut present_keys = BTreeSet::new();
-        for model in scanned {
+        for (model, serving) in scanned {
             let name = model.name.clone();
             for v in model.versions.keys() {
                 present_keys.insert((name.clone(), *v));
             }
-            let serving = match ServingFile::load(&model.dir) {
+            let serving = match serving {
                 Ok(s) => s,
                 Err(message) => {
                     let error = LoadError::Manifest {
@@ -323,6 +379,33 @@ impl Repository {
                 .unwrap_or_else(|| self.settings.policy.clone());
             let present: BTreeSet<u32> = model.versions.keys().copied().collect();
             let wanted = policy.select(&present);
+            // A model loaded on demand stays out until a request asks for it, and leaves when the
+            // budget needs its room.
+            let resident = current.versions(&name).is_some() && !room.evicted.contains(&name);
+            if unpinned.contains(&name) && !resident && !demand.contains(&name) {
+                let mut refusal = None;
+                for (&v, (_, fingerprint)) in &model.versions {
+                    match self.entry(&name, v) {
+                        Some(e)
+                            if e.state == VersionState::Failed
+                                && &e.fingerprint == fingerprint =>
+                        {
+                            refusal = Some(e.reason);
+                        }
+                        // An eviction stays the reason until the model is loaded again.
+                        Some(e) if e.reason == EVICTED => {}
+                        _ => self.record(
+                            &name,
+                            v,
+                            fingerprint,
+                            VersionState::Standby,
+                            "loaded on demand (pinned = false): not resident until a request asks for it",
+                        ),
+                    }
+                }
+                on_demand.insert(name, refusal.unwrap_or_else(|| NOT_RESIDENT.to_owned()));
+                continue;
+            }
             let mut served = BTreeMap::new();
             for &v in &wanted {
                 let (dir, fingerprint) = &model.versions[&v];
@@ -340,13 +423,26 @@ impl Repository {
                     }
                 }
                 self.record(&name, v, fingerprint, VersionState::Loading, "loading");
-                let loaded = load_version(dir, &name, v, self.settings.warmup_runs)
+                // The file's size stands for the weights until they are measured.
+                let estimate = std::fs::metadata(dir.join(MODEL_FILE)).map_or(0, |m| m.len());
+                let loaded = room
+                    .make(estimate, &name, &current, &unpinned, &mut models)
+                    .and_then(|()| load_version(dir, &name, v, self.settings.warmup_runs))
                     .map(Arc::new)
                     .and_then(|m| {
                         self.warm_workers(&m).map_err(|message| LoadError::Model {
                             path: dir.display().to_string(),
                             message: format!("warm-up on the inference workers failed: {message}"),
                         })?;
+                        // Measured now: the file's size was only an estimate.
+                        room.make(
+                            m.runtime.weight_bytes(),
+                            &name,
+                            &current,
+                            &unpinned,
+                            &mut models,
+                        )?;
+                        room.used += m.runtime.weight_bytes();
                         Ok(m)
                     });
                 match loaded {
@@ -415,7 +511,23 @@ impl Repository {
                     defaults.insert(name.clone(), d);
                 }
                 models.insert(name, served);
+            } else if unpinned.contains(&name) {
+                let why = wanted
+                    .first()
+                    .and_then(|&v| self.entry(&name, v))
+                    .map_or_else(|| NOT_RESIDENT.to_owned(), |e| e.reason);
+                on_demand.insert(name, why);
             }
+        }
+        // Models evicted after the loop had passed them: out of this snapshot, back to on demand.
+        for name in &room.evicted {
+            models.remove(name);
+            for (n, v) in present_keys.iter().filter(|(n, _)| n == name) {
+                if let Some(e) = self.entry(n, *v) {
+                    self.record(n, *v, &e.fingerprint, VersionState::Standby, EVICTED);
+                }
+            }
+            on_demand.insert(name.clone(), NOT_RESIDENT.to_owned());
         }
         // Forget versions whose folders are gone.
         self.book
@@ -439,9 +551,9 @@ impl Repository {
                     .push(Arc::clone(old));
             }
         }
-        if changes.swapped() {
+        if changes.swapped() || current.on_demand() != &on_demand {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                Arc::new(Registry::from_parts(models, defaults));
+                Arc::new(Registry::from_parts(models, defaults, on_demand));
             self.book
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -560,6 +672,71 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// A rescan request, with where to send its result if someone waits for it.
 type Ask = Option<mpsc::Sender<Result<Changes, String>>>;
+
+/// The memory budget's accounting during one rescan.
+struct Room {
+    budget: Option<u64>,
+    /// Weights resident now (every version of the current snapshot, until it is swapped out) plus
+    /// those loaded during this rescan.
+    used: u64,
+    /// Models loaded on demand taken out to make room.
+    evicted: BTreeSet<String>,
+}
+
+impl Room {
+    /// Makes `needed` more bytes fit, evicting the least recently used models loaded on demand
+    /// (other than `loading`); refuses if even that is not enough.
+    fn make(
+        &mut self,
+        needed: u64,
+        loading: &str,
+        current: &Registry,
+        unpinned: &BTreeSet<String>,
+        models: &mut BTreeMap<String, BTreeMap<u32, Arc<ServedModel>>>,
+    ) -> Result<(), LoadError> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
+        // Evictable: resident models loaded on demand, least recently used first (by each
+        // model's most recent request).
+        let mut candidates: Vec<(u64, String, u64)> = unpinned
+            .iter()
+            .filter(|n| n.as_str() != loading && !self.evicted.contains(*n))
+            .filter_map(|n| {
+                let versions = current.versions(n)?;
+                let last = versions.values().map(|m| m.last_used()).max()?;
+                let bytes: u64 = versions.values().map(|m| m.runtime.weight_bytes()).sum();
+                Some((last, n.clone(), bytes))
+            })
+            .collect();
+        candidates.sort();
+        let evictable: u64 = candidates.iter().map(|c| c.2).sum();
+        if self.used.saturating_sub(evictable) + needed > budget {
+            // Nothing is evicted for a load that would not fit anyway.
+            let mib = |b: u64| b as f64 / 1_048_576.0;
+            return Err(LoadError::Layout(format!(
+                "{loading} {DOES_NOT_FIT}: it needs about {:.1} MiB and {:.1} of the {:.1} MiB \
+                 are held by pinned models and versions being swapped",
+                mib(needed),
+                mib(self.used.saturating_sub(evictable)),
+                mib(budget)
+            )));
+        }
+        let mut candidates = candidates.into_iter();
+        while self.used + needed > budget {
+            let Some((_, victim, bytes)) = candidates.next() else {
+                break;
+            };
+            log::info!(
+                "evicting {victim} (least recently used, loaded on demand) to make room for {loading}"
+            );
+            self.used = self.used.saturating_sub(bytes);
+            models.remove(&victim);
+            self.evicted.insert(victim);
+        }
+        Ok(())
+    }
+}
 
 /// Asks the repository's watch thread for a rescan.
 #[derive(Debug, Clone)]

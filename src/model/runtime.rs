@@ -26,6 +26,7 @@ pub struct Runtime {
     plan: Arc<TypedSimplePlan>,
     inputs: Vec<IoSpec>,
     outputs: Vec<IoSpec>,
+    weight_bytes: u64,
 }
 
 /// A run that failed inside the engine (the request was valid for the model's declared facts).
@@ -176,6 +177,7 @@ impl Prepared {
     /// # Errors
     /// A message if tract cannot optimise or plan the graph.
     pub fn into_runtime(self) -> Result<Runtime, String> {
+        let weight_bytes = weight_bytes(&self.model);
         let typed = self.model.into_optimized().map_err(|e| format!("{e:#}"))?;
         let mut inputs = Vec::new();
         for (ix, outlet) in typed
@@ -197,8 +199,22 @@ impl Prepared {
             plan,
             inputs,
             outputs,
+            weight_bytes,
         })
     }
+}
+
+/// Bytes of the model's constant tensors (its weights) before optimisation: what the memory budget
+/// counts. Optimisation repacks them for the kernels, at about the same size.
+fn weight_bytes(model: &TypedModel) -> u64 {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<tract_onnx::tract_core::ops::konst::Const>())
+        .map(|c| c.val())
+        .filter(|t| t.is_plain())
+        .map(|t| (t.len() * t.datum_type().size_of()) as u64)
+        .sum()
 }
 
 fn output_names(model: &TypedModel) -> Result<Vec<String>, String> {
@@ -223,6 +239,11 @@ impl Runtime {
     pub fn load(path: &Path, facts: Option<&[IoSpec]>) -> Result<Runtime, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Prepared::from_onnx(&bytes, facts)?.0.into_runtime()
+    }
+
+    /// Bytes of the model's weights (see the memory budget).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// Declared inputs, in the model's order.

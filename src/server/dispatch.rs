@@ -131,7 +131,18 @@ fn admit(
             "the server is shutting down",
         ));
     }
-    let model = ctx.models.snapshot().get(q.model, q.version)?;
+    let model = ctx
+        .models
+        .snapshot()
+        .get(q.model, q.version)
+        .inspect_err(|e| {
+            if e.code == ErrorCode::NOT_LOADED {
+                // A model loaded on demand: ask for it; the client retries.
+                ctx.models.demand(q.model);
+                ctx.request_rescan();
+            }
+        })?;
+    model.touch();
     let order = validate(model.runtime.inputs(), &q.inputs)?;
     let default = ctx.config.default_deadline;
     let allowed = q.deadline_ms.map_or(default, |ms| {

@@ -94,6 +94,11 @@ impl Ctx {
             .collect()
     }
 
+    /// Asks the repository's watch thread for a rescan (in the background).
+    pub fn request_rescan(&self) {
+        self.rescans.request();
+    }
+
     /// The access policy in force.
     pub fn access(&self) -> Arc<AccessPolicy> {
         Arc::clone(

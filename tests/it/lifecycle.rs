@@ -335,7 +335,7 @@ fn the_folder_watch_serves_a_dropped_in_version_and_inferd_models_shows_why() {
         .lines()
         .find(|l| l.starts_with("digits ") && l.contains("serving"))
         .unwrap();
-    assert!(line.contains(" 2 ") && line.contains("yes"), "{text}");
+    assert!(line.contains(" 2 ") && line.contains(" yes "), "{text}");
     assert!(text.contains("not selected by policy latest:1"), "{text}");
 
     // An admin Reload asks for a rescan too: removing version 2 brings version 1 back.
@@ -391,6 +391,7 @@ fn each_worker_runs_a_version_before_it_serves() {
         batchable: m.batchable,
         load: m.load,
         loaded_at: m.loaded_at,
+        last_used: std::sync::atomic::AtomicU64::new(0),
         warmup_inputs: vec![crate::harness::ppocr_input()],
     });
     assert!(scheduler.warm(&wrong).is_err());
@@ -402,4 +403,97 @@ fn each_worker_runs_a_version_before_it_serves() {
         warmer.warm(&m).is_ok(),
         "nothing to warm once the workers are gone"
     );
+}
+
+#[test]
+fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit() {
+    use inferd::proto::ErrorCode;
+    let repo = temp_repo("budget");
+    add_digits(&repo, 1); // pinned (the default)
+    let on_demand = |name: &str, from: &str| {
+        copy_dir(
+            &repo_root().join("models").join(from).join("1"),
+            &repo.join(name).join("1"),
+        );
+        std::fs::write(repo.join(name).join("serving.toml"), "pinned = false\n").unwrap();
+    };
+    for name in ["a", "b", "c"] {
+        on_demand(name, "digits-mlp");
+    }
+    on_demand("big", "silero-vad");
+    // Room for the pinned model and two of the small ones, not three, and not the big one.
+    let weights = open(&repo)
+        .snapshot()
+        .get("digits", None)
+        .unwrap()
+        .runtime
+        .weight_bytes();
+    let models = Arc::new(
+        Repository::open(
+            &repo,
+            Settings {
+                memory_budget: Some(weights * 7 / 2),
+                ..Settings::default()
+            },
+        )
+        .unwrap(),
+    );
+    let server = TestServer::serving(Arc::clone(&models), |_| {});
+    let c = client(&server);
+    let ask = |name: &str| c.infer(name, None, &[digits_input()], None);
+    let state = |name: &str| {
+        models
+            .status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| (s.state, s.reason))
+            .unwrap()
+    };
+
+    // Not resident at start: the first request says so and asks for it; it then loads.
+    let e = ask("a").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NOT_LOADED), "{e}");
+    assert!(e.to_string().contains("loaded on demand"), "{e}");
+    eventually("a loaded on demand", || ask("a").is_ok());
+    eventually("b loaded on demand", || ask("b").is_ok());
+    // a is now used more recently than b ...
+    std::thread::sleep(Duration::from_millis(20));
+    ask("a").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // ... so c's load evicts b.
+    eventually("c loaded on demand", || ask("c").is_ok());
+    assert_eq!(state("b").0, VersionState::Standby);
+    assert!(state("b").1.starts_with("evicted"), "{:?}", state("b"));
+    assert_eq!(state("a").0, VersionState::Serving);
+    assert_eq!(ask("b").unwrap_err().code(), Some(ErrorCode::NOT_LOADED));
+
+    // Too big even with every on-demand model evicted: refused with a clear error; the pinned
+    // model and the resident ones keep serving.
+    let silero = inferd::npy::read_folder(&repo_root().join("models/silero-vad/1/sample")).unwrap();
+    assert_eq!(
+        c.infer("big", None, &silero, None).unwrap_err().code(),
+        Some(ErrorCode::NOT_LOADED)
+    );
+    eventually("big refused", || state("big").0 == VersionState::Failed);
+    assert!(
+        state("big").1.contains("does not fit the memory budget"),
+        "{:?}",
+        state("big")
+    );
+    let e = c.infer("big", None, &silero, None).unwrap_err();
+    assert!(
+        e.to_string().contains("does not fit the memory budget"),
+        "{e}"
+    );
+    assert_eq!(served_version(&c), 1);
+    assert!(ask("c").is_ok());
+    let pinned: Vec<(String, bool)> = models
+        .status()
+        .into_iter()
+        .map(|s| (s.name, s.pinned))
+        .collect();
+    assert!(
+        pinned.contains(&("digits".to_owned(), true)) && pinned.contains(&("a".to_owned(), false))
+    );
+    server.stop();
 }
