@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// are evicted least recently used first. [default: 0]
     #[arg(long, env = "INFERD_MODEL_MEMORY_MB")]
     pub model_memory_mb: Option<u64>,
+    /// Lock the process's resident pages (the loaded models with them) into RAM after start-up and
+    /// after every swap, so that a memory-starved gateway never pages a hot model out. Needs
+    /// CAP_IPC_LOCK or a large enough RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit). [default: false]
+    #[arg(long, env = "INFERD_LOCK_MEMORY")]
+    pub lock_memory: Option<bool>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win over it.
     #[arg(long, env = "INFERD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -146,6 +151,7 @@ struct FileConfig {
     warmup_runs: Option<u32>,
     model_poll_ms: Option<u64>,
     model_memory_mb: Option<u64>,
+    lock_memory: Option<bool>,
     workers: Option<usize>,
     io_threads: Option<usize>,
     max_connections: Option<usize>,
@@ -341,6 +347,7 @@ impl ServeConfig {
                     0 => None,
                     mib => Some(mib.saturating_mul(1 << 20)),
                 },
+                lock_memory: args.lock_memory.or(file.lock_memory).unwrap_or(false),
             },
             model_poll: match args.model_poll_ms.or(file.model_poll_ms).unwrap_or(2_000) {
                 0 => None,

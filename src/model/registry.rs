@@ -162,9 +162,9 @@ impl Registry {
         self.models.get(name).cloned()
     }
 
-    /// Whether nothing is served.
+    /// Whether nothing is served, resident or on demand.
     pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
+        self.models.is_empty() && self.on_demand.is_empty()
     }
 
     /// The version a request without one gets.

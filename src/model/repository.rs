@@ -31,6 +31,8 @@ pub struct Settings {
     pub warmup_runs: u32,
     /// Cap on the weights of resident versions, in bytes; `None`: no cap.
     pub memory_budget: Option<u64>,
+    /// Lock resident pages into RAM after the first load and after every swap.
+    pub lock_memory: bool,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             policy: VersionPolicy::default(),
             warmup_runs: 3,
             memory_budget: None,
+            lock_memory: false,
         }
     }
 }
@@ -173,6 +176,9 @@ impl Repository {
             rescanning: Mutex::new(()),
         };
         repo.sync(true)?;
+        if repo.settings.lock_memory {
+            lock_resident()?;
+        }
         if repo.snapshot().is_empty() {
             return Err(LoadError::Layout(format!(
                 "no models under {}: expected <name>/<version>/{MODEL_FILE}",
@@ -381,8 +387,9 @@ impl Repository {
             let wanted = policy.select(&present);
             // A model loaded on demand stays out until a request asks for it, and leaves when the
             // budget needs its room.
-            let resident = current.versions(&name).is_some() && !room.evicted.contains(&name);
-            if unpinned.contains(&name) && !resident && !demand.contains(&name) {
+            let evicted = room.evicted.contains(&name);
+            let resident = current.versions(&name).is_some() && !evicted;
+            if unpinned.contains(&name) && (evicted || (!resident && !demand.contains(&name))) {
                 let mut refusal = None;
                 for (&v, (_, fingerprint)) in &model.versions {
                     match self.entry(&name, v) {
@@ -570,6 +577,11 @@ impl Repository {
                     names(&changes.loaded),
                     names(&changes.unloaded)
                 );
+                if self.settings.lock_memory {
+                    if let Err(e) = lock_resident() {
+                        log::warn!("{e}; the new versions are resident but not locked");
+                    }
+                }
             }
         }
         Ok(changes)
@@ -768,6 +780,32 @@ impl Rescans {
             .recv()
             .map_err(|_| "the model watch thread has stopped".to_owned())?
     }
+}
+
+/// Locks every page now resident (the loaded models among them) into RAM: `mlockall(MCL_CURRENT)`.
+/// Not `MCL_FUTURE`: under a memory-lock limit that would make later allocations fail, and a
+/// request's buffers need no locking; after a swap it is called again for the new version's pages.
+fn lock_resident() -> Result<(), LoadError> {
+    rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT).map_err(|e| {
+        LoadError::Layout(format!(
+            "cannot lock the models into memory ({e}): give the service CAP_IPC_LOCK or raise \
+             RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit) above its resident size, or turn \
+             lock_memory off"
+        ))
+    })?;
+    let locked = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmLck:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    log::info!(
+        "locked {:.1} MiB of resident memory into RAM",
+        locked as f64 / 1024.0
+    );
+    Ok(())
 }
 
 /// Lowers the calling thread's CPU priority to nice 19 (see [`Repository::watch`]). Lowering needs

@@ -497,3 +497,51 @@ fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(
     );
     server.stop();
 }
+
+#[test]
+fn lock_memory_locks_the_loaded_models_or_refuses_to_start_saying_why() {
+    use crate::harness::{signal, spawn_logged};
+    let repo = temp_repo("lock");
+    add_digits(&repo, 1);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_inferd"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .args(["--lock-memory", "true", "--models"])
+        .arg(&repo);
+    let (mut child, lines) = spawn_logged(command);
+    // Either it locked (root, CAP_IPC_LOCK or a large RLIMIT_MEMLOCK) or it stopped with the fix.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).expect("a lock outcome in the log");
+        if line.contains("locked") && line.contains("MiB of resident memory") {
+            break Ok(line);
+        }
+        if line.contains("cannot lock the models into memory") {
+            break Err(line);
+        }
+    };
+    match outcome {
+        Ok(line) => {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+            let locked_kb: u64 = status
+                .lines()
+                .find(|l| l.starts_with("VmLck:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap();
+            assert!(locked_kb > 1024, "{line}; VmLck {locked_kb} kB");
+            signal(&child, "-TERM");
+            assert!(child.wait().unwrap().success());
+        }
+        Err(line) => {
+            assert!(line.contains("LimitMEMLOCK"), "{line}");
+            assert!(!child.wait().unwrap().success(), "start-up must fail");
+        }
+    }
+}
