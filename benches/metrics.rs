@@ -67,6 +67,7 @@ fn load(
         deadline: None,
         progress: false,
         seed: 11,
+        server_metrics: None,
     })
     .unwrap()
 }

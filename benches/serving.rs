@@ -83,6 +83,7 @@ fn load(
         deadline: None,
         progress: false,
         seed: 7,
+        server_metrics: None,
     };
     loadgen::run(&plan).unwrap()
 }

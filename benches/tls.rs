@@ -84,6 +84,7 @@ fn load(
         deadline: None,
         progress: false,
         seed: 1,
+        server_metrics: None,
     };
     let report = loadgen::run(&plan).unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);

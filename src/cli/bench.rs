@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Seed of the arrival process and of random inputs.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The server's metrics address (its --metrics-listen): also report the batch sizes the server
+    /// formed for this model during the measured phase.
+    #[arg(long, value_name = "IP:PORT")]
+    pub server_metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -90,6 +94,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         deadline: args.deadline_ms.map(Duration::from_millis),
         progress: !args.json,
         seed: args.seed,
+        server_metrics: args.server_metrics,
     };
     let report = loadgen::run(&plan)
         .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", args.client.addr))?;

@@ -1,7 +1,6 @@
 //! `inferd models`, `inferd ping`, `inferd health` and `inferd reload`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -55,8 +54,7 @@ pub fn models(args: &ModelsArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints `GET /models`: one line per version, state and reason.
 fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let body =
-        http_get(addr, "/models", timeout).with_context(|| format!("GET http://{addr}/models"))?;
+    let body = crate::client::http::get(addr, "/models", timeout).map_err(anyhow::Error::msg)?;
     if json {
         print!("{body}");
         return Ok(ExitCode::SUCCESS);
@@ -101,27 +99,6 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A minimal HTTP/1.1 GET (the daemon's own endpoint answers with `Connection: close`).
-fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    // The page is small; a bound keeps a wrong address from filling memory.
-    stream.take(16 << 20).read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("no HTTP response head")?;
-    let status = head.lines().next().unwrap_or("");
-    anyhow::ensure!(status.contains(" 200 "), "{status}");
-    Ok(body.to_owned())
 }
 
 pub fn ping(args: &ClientArgs) -> anyhow::Result<ExitCode> {

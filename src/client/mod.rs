@@ -6,6 +6,7 @@
 //! without an executor.
 
 mod blocking;
+pub mod http;
 mod tls;
 mod types;
 

@@ -12,6 +12,7 @@
 
 pub mod inputs;
 mod report;
+pub mod server_batches;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,6 +62,9 @@ pub struct LoadPlan {
     pub progress: bool,
     /// Seed of the arrival process.
     pub seed: u64,
+    /// The server's metrics listener: when given, the report includes the batch sizes it formed
+    /// for the model during the measured phase (from `inferd_batch_size`).
+    pub server_metrics: Option<SocketAddr>,
 }
 
 /// How often one request is resent after `SHUTTING_DOWN` before that counts as its error.
@@ -237,8 +241,20 @@ pub fn run(plan: &LoadPlan) -> Result<Report, ClientError> {
         if !plan.warmup.is_zero() {
             phase(plan, &clients, &inputs, plan.warmup, false).await;
         }
+        // Blocking reads of a local page, at the edges of the measured phase only.
+        let read = |addr| server_batches::read(addr, &plan.model);
+        let before = plan.server_metrics.map(read);
         let (stats, elapsed) = phase(plan, &clients, &inputs, plan.duration, plan.progress).await;
-        Ok(Report::new(plan, &stats, elapsed))
+        let server = before.map(|before| {
+            let after = plan
+                .server_metrics
+                .map(read)
+                .unwrap_or_else(|| Err(String::new()));
+            Ok(server_batches::ServerBatches::between(&before?, &after?))
+        });
+        let mut report = Report::new(plan, &stats, elapsed);
+        report.server_batches = server;
+        Ok(report)
     })
 }
 

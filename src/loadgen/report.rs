@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::server_batches::ServerBatches;
 use super::{LoadPlan, Stats};
 
 /// Results of a measured phase. Latencies in microseconds.
@@ -43,6 +44,9 @@ pub struct Report {
     pub max_us: u64,
     /// Mean latency, µs.
     pub mean_us: f64,
+    /// The batch sizes the server formed meanwhile (with `server_metrics`), or why they could not
+    /// be read.
+    pub server_batches: Option<Result<ServerBatches, String>>,
 }
 
 impl Report {
@@ -78,6 +82,7 @@ impl Report {
             p999_us: q(0.999),
             max_us: if ok == 0 { 0 } else { h.max() },
             mean_us: if ok == 0 { 0.0 } else { h.mean() },
+            server_batches: None,
         }
     }
 
@@ -101,6 +106,11 @@ impl Report {
             "p999_us": self.p999_us,
             "max_us": self.max_us,
             "mean_us": self.mean_us,
+            "server_batch_sizes": match &self.server_batches {
+                None => serde_json::Value::Null,
+                Some(Ok(b)) => b.to_json(),
+                Some(Err(e)) => json!({ "error": e }),
+            },
         })
     }
 
@@ -135,6 +145,11 @@ impl Report {
                 "  retried     {} (refused unrun by a draining server, resent on a new connection)\n",
                 self.retries
             ));
+        }
+        match &self.server_batches {
+            Some(Ok(b)) => out.push_str(&format!("  server      {}\n", b.line())),
+            Some(Err(e)) => out.push_str(&format!("  server      batch sizes unavailable: {e}\n")),
+            None => {}
         }
         if self.errors.is_empty() {
             out.push_str("  errors      none\n");

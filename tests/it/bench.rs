@@ -131,3 +131,39 @@ fn errors_are_counted_by_code() {
     assert!(unknown > 0, "{r}");
     assert_eq!(r["errors"].as_object().unwrap().len(), 1, "{r}");
 }
+
+#[test]
+fn the_report_includes_the_batch_sizes_the_server_formed() {
+    let server = TestServer::start();
+    let metrics = server.metrics_addr.unwrap().to_string();
+    let r = bench(
+        &server,
+        &[
+            "--model",
+            "digits-mlp",
+            "--duration",
+            "1",
+            "--concurrency",
+            "2",
+            "--depth",
+            "8",
+            "--server-metrics",
+            &metrics,
+        ],
+    );
+    let b = &r["server_batch_sizes"];
+    let executions = u(b, "executions");
+    assert!(executions > 0, "{r}");
+    // Only this run used the model on this server, and it waits for every answer: the server
+    // computed exactly the requests answered.
+    assert_eq!(u(b, "requests"), u(&r, "ok"), "{r}");
+    let per_bucket: u64 = b["le"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(per_bucket, executions, "{r}");
+    // With 16 requests in flight on 2 workers, some executions carry more than one request.
+    assert!(u(b, "requests") > executions, "{r}");
+}

@@ -189,6 +189,7 @@ fn haproxy_marks_a_draining_node_down_before_it_stops_accepting_and_no_request_f
         deadline: None,
         progress: false,
         seed: 7,
+        server_metrics: None,
     };
     let load = std::thread::spawn(move || inferd::loadgen::run(&plan).unwrap());
     std::thread::sleep(Duration::from_millis(1500));

@@ -243,6 +243,7 @@ fn promtool_accepts_a_scrape_taken_under_load() {
         deadline: None,
         progress: false,
         seed: 1,
+        server_metrics: None,
     };
     let load = std::thread::spawn(move || inferd::loadgen::run(&plan).unwrap());
     let http = server.metrics_addr.unwrap();
