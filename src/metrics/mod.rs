@@ -12,7 +12,7 @@
 
 mod process;
 
-pub use process::resident_bytes;
+pub use process::{locked_bytes, resident_bytes};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -50,10 +50,23 @@ impl ProcessMetrics {
     }
 }
 
-/// The process's resident memory, from `/proc/self/status` (`VmRSS`, in kB whatever the page size).
+/// The process's resident memory, from `/proc/self/status` (`VmRSS`).
 pub fn resident_bytes() -> Option<u64> {
+    status_bytes("VmRSS")
+}
+
+/// The process's memory locked into RAM, from `/proc/self/status` (`VmLck`).
+pub fn locked_bytes() -> Option<u64> {
+    status_bytes("VmLck")
+}
+
+/// One `/proc/self/status` memory field (given in kB whatever the page size), in bytes.
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

@@ -793,17 +793,10 @@ fn lock_resident() -> Result<(), LoadError> {
              lock_memory off"
         ))
     })?;
-    let locked = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmLck:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let locked = crate::metrics::locked_bytes().unwrap_or(0);
     log::info!(
         "locked {:.1} MiB of resident memory into RAM",
-        locked as f64 / 1024.0
+        locked as f64 / 1_048_576.0
     );
     Ok(())
 }
