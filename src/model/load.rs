@@ -62,6 +62,9 @@ pub fn load_version(
         inputs.join("; "),
         outputs.join("; ")
     );
+    for repair in runtime.repairs() {
+        log::warn!("{name} v{version}: {repair}");
+    }
     let manifest = manifest.unwrap_or_default();
     let symbolic_first = |specs: &[IoSpec]| {
         specs

@@ -22,3 +22,4 @@ mod scheduling;
 mod shutdown;
 mod systemd;
 mod tls;
+mod traps;

@@ -20,6 +20,8 @@ use tract_onnx::tract_hir::infer::Factoid;
 use super::{DimSpec, IoSpec};
 use crate::tensor::HostTensor;
 
+mod traps;
+
 /// A loaded, optimised model, ready to run on any thread.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -27,6 +29,7 @@ pub struct Runtime {
     inputs: Vec<IoSpec>,
     outputs: Vec<IoSpec>,
     weight_bytes: u64,
+    repairs: Vec<String>,
 }
 
 /// A run that failed inside the engine (the request was valid for the model's declared facts).
@@ -41,6 +44,8 @@ pub struct Prepared {
     model: TypedModel,
     /// Output names, taken from the ONNX graph (NNEF renames outputs it cannot spell).
     outputs: Vec<String>,
+    /// What the import changed in the graph to avoid a known tract miscomputation (see `traps`).
+    repairs: Vec<String>,
 }
 
 /// Where the time of one ONNX import went.
@@ -78,9 +83,16 @@ impl Prepared {
         let started = Instant::now();
         // torch-dynamo exports name symbolic dimensions in value_info in ways that clash with the facts
         // we set; ignoring value_info is what tract recommends and costs nothing for other exporters.
-        let mut model = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_read(&mut &bytes[..])
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let mut proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| format!("{e:#}"))?;
+        let repairs = match proto.graph.as_mut() {
+            Some(graph) => traps::repair(graph)?,
+            None => Vec::new(),
+        };
+        let mut model = onnx
+            .model_for_proto_model(&proto)
             .map_err(|e| format!("{e:#}"))?;
         let parse = started.elapsed();
         let started = Instant::now();
@@ -129,7 +141,11 @@ impl Prepared {
         let declutter = started.elapsed();
         let outputs = output_names(&model)?;
         Ok((
-            Prepared { model, outputs },
+            Prepared {
+                model,
+                outputs,
+                repairs,
+            },
             ImportPhases {
                 parse,
                 typing,
@@ -154,7 +170,11 @@ impl Prepared {
                 outputs.len()
             ));
         }
-        Ok(Prepared { model, outputs })
+        Ok(Prepared {
+            model,
+            outputs,
+            repairs: Vec::new(),
+        })
     }
 
     /// Serialises the model as an NNEF tar archive (tract's own operators included).
@@ -200,6 +220,7 @@ impl Prepared {
             inputs,
             outputs,
             weight_bytes,
+            repairs: self.repairs,
         })
     }
 }
@@ -239,6 +260,12 @@ impl Runtime {
     pub fn load(path: &Path, facts: Option<&[IoSpec]>) -> Result<Runtime, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Prepared::from_onnx(&bytes, facts)?.0.into_runtime()
+    }
+
+    /// What loading changed in the graph so that tract computes it right, one line each (empty for
+    /// almost every model); logged when the version loads.
+    pub fn repairs(&self) -> &[String] {
+        &self.repairs
     }
 
     /// Bytes of the model's weights (see the memory budget).

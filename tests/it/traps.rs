@@ -1,0 +1,100 @@
+//! Graphs tract 0.23.9 miscomputes silently (issue #8): each fixture under `tests/fixtures/traps/`
+//! is a minimal model of one trap with onnxruntime's outputs beside it
+//! (`tests/fixtures/make_int8_traps.py`). Loading must either repair the graph so the outputs match
+//! onnxruntime's, or refuse it with a message that names the trap.
+
+use std::path::{Path, PathBuf};
+
+use inferd::model::manifest::Manifest;
+use inferd::model::Runtime;
+use inferd::tensor::HostTensor;
+
+use crate::harness::{npy, repo_root};
+use crate::models::assert_close;
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/traps").join(name)
+}
+
+fn run(dir: &Path, input: &str) -> (Runtime, Vec<HostTensor>) {
+    let runtime = Runtime::load(&dir.join("model.onnx"), None).unwrap();
+    let outputs = runtime
+        .run(vec![npy(dir.join("input.npy"), input)])
+        .unwrap();
+    (runtime, outputs)
+}
+
+#[test]
+fn a_quantized_softmax_is_repaired_and_matches_onnxruntime() {
+    let dir = fixture("qsoftmax");
+    let (runtime, outputs) = run(&dir, "x");
+    assert_eq!(runtime.repairs().len(), 1, "{:?}", runtime.repairs());
+    assert!(runtime.repairs()[0].contains("Softmax"));
+    let probs = &outputs[0];
+    // Without the repair every probability is 0.996 (the top of the u8 range times 1/256). Each row
+    // of a softmax sums to 1.
+    for row in probs.as_f32().unwrap().chunks(4) {
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "row {row:?} sums to {sum}");
+    }
+    // onnxruntime rounds the probabilities to steps of 1/256; the repaired graph does not, so they
+    // differ by at most half a step.
+    let want = npy(dir.join("probs.npy"), "probs");
+    assert_close(probs, &want, 0.5 / 256.0 + 1e-6, "qsoftmax probs");
+}
+
+#[test]
+fn a_quantized_softmax_that_cannot_be_repaired_is_refused_with_the_way_out() {
+    // The same chain, but the quantized probabilities are the graph's output: removing the
+    // quantization would change the output's type.
+    let err = Runtime::load(&fixture("qsoftmax-output").join("model.onnx"), None).unwrap_err();
+    assert!(err.contains("Softmax"), "{err}");
+    assert!(err.contains("graph output"), "{err}");
+    assert!(err.contains("nodes_to_exclude"), "{err}");
+}
+
+#[test]
+fn a_binary_forest_label_is_recomputed_and_matches_onnxruntime() {
+    let dir = fixture("binary-forest");
+    let (runtime, outputs) = run(&dir, "X");
+    assert_eq!(runtime.repairs().len(), 1, "{:?}", runtime.repairs());
+    let names: Vec<&str> = runtime.outputs().iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["label", "probabilities"]);
+    let want_label = npy(dir.join("label.npy"), "label");
+    // Both classes occur in the reference, so a constant label (tract's failure) cannot pass.
+    let labels = want_label.as_i64().unwrap();
+    assert!(labels.contains(&0) && labels.contains(&1));
+    assert_close(&outputs[0], &want_label, 0.0, "binary-forest label");
+    let want_probs = npy(dir.join("probabilities.npy"), "probabilities");
+    assert_close(
+        &outputs[1],
+        &want_probs,
+        1e-5,
+        "binary-forest probabilities",
+    );
+}
+
+#[test]
+fn shipped_models_need_no_repair() {
+    for model in [
+        "digits-mlp",
+        "digits-mlp-int8",
+        "ppocr-cls",
+        "silero-vad",
+        "silero-vad-int8",
+    ] {
+        let vdir = repo_root().join("models").join(model).join("1");
+        let manifest = Manifest::load(&vdir).unwrap();
+        let facts = manifest
+            .as_ref()
+            .map(|m| m.inputs.as_slice())
+            .filter(|f| !f.is_empty());
+        let runtime = Runtime::load(&vdir.join("model.onnx"), facts);
+        let runtime = runtime.unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert!(
+            runtime.repairs().is_empty(),
+            "{model}: {:?}",
+            runtime.repairs()
+        );
+    }
+}
