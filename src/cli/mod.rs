@@ -10,6 +10,7 @@ mod infer;
 mod query;
 mod serve;
 mod stats;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,10 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Load a server (closed or open loop) and report throughput, latency percentiles and errors.
     Bench(bench::BenchArgs),
+    /// Compare two variants of a model (fp32 and int8, say) over a data set: latency (p50/p99) and
+    /// quality (max/mean abs error, cosine, argmax agreement) side by side, pass or fail against
+    /// thresholds; exit status 0 only on pass.
+    Validate(validate::ValidateArgs),
 }
 
 /// Where a client subcommand connects.
@@ -151,5 +156,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload(args) => query::reload(&args),
         Command::Certs(args) => certs::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Validate(args) => validate::run(&args),
     }
 }

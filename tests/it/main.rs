@@ -23,3 +23,4 @@ mod shutdown;
 mod systemd;
 mod tls;
 mod traps;
+mod validate;
