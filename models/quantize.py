@@ -27,6 +27,7 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -89,6 +90,11 @@ def constants_to_initializers(src, dst):
     moved = len(graph.node) - len(kept)
     del graph.node[:]
     graph.node.extend(kept)
+    # Per-channel weights need DequantizeLinear's `axis`, which opset 13 introduced; older exports
+    # (PaddlePaddle's, opset 10) are converted first, or the result is an invalid model.
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        model = onnx.version_converter.convert_version(model, 13)
     onnx.save(model, dst)
     return moved
 

@@ -11,7 +11,7 @@ use inferd::npy::file_stem;
 use inferd::proto::DType;
 use inferd::tensor::HostTensor;
 
-use crate::harness::{npy, repo_root, TestServer};
+use crate::harness::{digits_input, npy, repo_root, TestServer};
 
 /// `models/<name>/1` for every shipped model.
 fn shipped() -> Vec<PathBuf> {
@@ -235,4 +235,20 @@ fn listing_and_descriptions() {
         ]
     );
     assert_eq!(bare.description, "");
+}
+
+#[test]
+fn the_profile_times_every_node_of_the_plan() {
+    let vdir = repo_root().join("models/digits-mlp/1");
+    let manifest = Manifest::load(&vdir).unwrap().unwrap();
+    let runtime =
+        inferd::model::Runtime::load(&vdir.join("model.onnx"), Some(&manifest.inputs)).unwrap();
+    let nodes = runtime.profile(&[digits_input()], 3).unwrap();
+    assert!(nodes.len() > 3, "{nodes:?}");
+    assert!(nodes.iter().any(|n| n.op.contains("MatMul")), "{nodes:?}");
+    assert!(nodes.iter().map(|n| n.total).sum::<std::time::Duration>() > std::time::Duration::ZERO);
+    // Profiling runs the model like any run: its outputs are unchanged by it.
+    let out = runtime.run(vec![digits_input()]).unwrap();
+    let want = npy(vdir.join("reference/label.npy"), "label");
+    assert_close(&out[0], &want, 0.0, "digits label after profiling");
 }

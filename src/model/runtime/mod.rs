@@ -289,25 +289,7 @@ impl Runtime {
     /// # Errors
     /// [`RunError`] if tract fails (e.g. a shape the graph cannot take despite matching the facts).
     pub fn run(&self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, RunError> {
-        let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
-        for input in inputs {
-            let shape: Vec<usize> = input
-                .shape
-                .iter()
-                .map(|&d| usize::try_from(d).map_err(|_| RunError("dimension overflows".into())))
-                .collect::<Result<_, _>>()?;
-            let mut tensor = Tensor::zero_dt(to_tract(input.dtype), &shape)
-                .map_err(|e| RunError(format!("{e:#}")))?;
-            let bytes = tensor.as_bytes_mut();
-            if bytes.len() != input.data.len() {
-                return Err(RunError(format!(
-                    "input {:?}: byte length mismatch",
-                    input.name
-                )));
-            }
-            bytes.copy_from_slice(&input.data);
-            values.push(tensor.into());
-        }
+        let values = to_values(inputs)?;
         let results = self
             .plan
             .run(values)
@@ -337,6 +319,75 @@ impl Runtime {
             })
             .collect()
     }
+}
+
+/// Time spent in one node of the optimised plan, summed over profiled runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTime {
+    /// The operator, as tract names it once optimised (`OptMatMul`, `LookupTable`, …).
+    pub op: String,
+    /// The node's name in the plan (derived from the ONNX node names).
+    pub node: String,
+    /// Total over all runs.
+    pub total: Duration,
+}
+
+impl Runtime {
+    /// Runs the model `runs` times on `inputs`, timing every node of the plan (tract's own
+    /// evaluation hook): where a model's time goes, for `benches/int8.rs`. Timing each node costs a
+    /// little per node, so the sum exceeds a plain run's time on models with many tiny nodes.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
+    pub fn profile(&self, inputs: &[HostTensor], runs: u32) -> Result<Vec<NodeTime>, RunError> {
+        let err = |e: tract_onnx::prelude::TractError| RunError(format!("{e:#}"));
+        let mut totals: Vec<Option<NodeTime>> = Vec::new();
+        let mut state = self.plan.spawn().map_err(err)?;
+        for _ in 0..runs {
+            let values = to_values(inputs.to_vec())?;
+            state
+                .run_plan_with_eval(values, |session, op_state, node, input| {
+                    let started = Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(session, op_state, node, input);
+                    let spent = started.elapsed();
+                    if totals.len() <= node.id {
+                        totals.resize(node.id + 1, None);
+                    }
+                    let slot = totals[node.id].get_or_insert_with(|| NodeTime {
+                        op: node.op().name().to_string(),
+                        node: node.name.clone(),
+                        total: Duration::ZERO,
+                    });
+                    slot.total += spent;
+                    out
+                })
+                .map_err(err)?;
+        }
+        Ok(totals.into_iter().flatten().collect())
+    }
+}
+
+fn to_values(inputs: Vec<HostTensor>) -> Result<TVec<TValue>, RunError> {
+    let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
+    for input in inputs {
+        let shape: Vec<usize> = input
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| RunError("dimension overflows".into())))
+            .collect::<Result<_, _>>()?;
+        let mut tensor = Tensor::zero_dt(to_tract(input.dtype), &shape)
+            .map_err(|e| RunError(format!("{e:#}")))?;
+        let bytes = tensor.as_bytes_mut();
+        if bytes.len() != input.data.len() {
+            return Err(RunError(format!(
+                "input {:?}: byte length mismatch",
+                input.name
+            )));
+        }
+        bytes.copy_from_slice(&input.data);
+        values.push(tensor.into());
+    }
+    Ok(values)
 }
 
 /// The facts an ONNX file declares for one input, with unnamed dimensions replaced by fresh symbols.
