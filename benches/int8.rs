@@ -6,6 +6,7 @@
 //! variant measured in the same run, and where the time goes: tract's per-node timing of the
 //! optimised plan, summed by operator, as a share of the total.
 //!
+//! A model that is not shipped brings its `model.toml` and `sample/` in its extra folder.
 //! `-- --runs N` sets the timed runs per variant (default 200; the profile uses a quarter of them).
 #![allow(
     clippy::unwrap_used,
@@ -31,10 +32,21 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Loads an ONNX file with the facts of `models/<model>/1/model.toml`.
+/// Where a model's manifest and sample are: `models/<model>/1` for a shipped model, else the
+/// extra variant's own folder (`<extra>/<model>/model.toml` and `sample/`), for models not shipped
+/// (all-MiniLM-L6-v2, say).
+fn model_dir(model: &str, onnx: &Path) -> PathBuf {
+    let shipped = root().join("models").join(model).join("1");
+    if shipped.is_dir() {
+        shipped
+    } else {
+        onnx.parent().unwrap().to_path_buf()
+    }
+}
+
+/// Loads an ONNX file with the facts of its model's manifest.
 fn load(model: &str, onnx: &Path) -> Result<Runtime, String> {
-    let manifest =
-        Manifest::load(&root().join("models").join(model).join("1")).map_err(|e| e.to_string())?;
+    let manifest = Manifest::load(&model_dir(model, onnx)).map_err(|e| e.to_string())?;
     let facts = manifest
         .as_ref()
         .map(|m| m.inputs.as_slice())
@@ -42,8 +54,8 @@ fn load(model: &str, onnx: &Path) -> Result<Runtime, String> {
     Runtime::load(onnx, facts)
 }
 
-fn sample(model: &str) -> Vec<HostTensor> {
-    inferd::npy::read_folder(&root().join("models").join(model).join("1/sample")).unwrap()
+fn sample(model: &str, onnx: &Path) -> Vec<HostTensor> {
+    inferd::npy::read_folder(&model_dir(model, onnx).join("sample")).unwrap()
 }
 
 fn median_run(runtime: &Runtime, inputs: &[HostTensor], runs: u32) -> Duration {
@@ -147,7 +159,7 @@ fn main() {
                 continue;
             }
         };
-        let inputs = sample(&model);
+        let inputs = sample(&model, &onnx);
         let p50 = median_run(&runtime, &inputs, runs);
         if variant == "fp32" {
             baseline.insert(model.clone(), p50);

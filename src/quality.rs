@@ -138,9 +138,9 @@ pub struct OutputQuality {
     pub cosine_mean: Option<f64>,
     /// The smallest per-sample cosine similarity.
     pub cosine_min: Option<f64>,
-    /// Fraction of agreeing decisions, for integer outputs (labels: equal values) and float outputs
-    /// declared as class scores (same argmax over the last axis, or, when that axis has one
-    /// element, the same side of 0.5).
+    /// Fraction of agreeing decisions, for integer outputs (labels: equal values; outputs of any
+    /// dtype other than f32 are compared this way) and f32 outputs declared as class scores (same
+    /// argmax over the last axis, or, when that axis has one element, the same side of 0.5).
     pub agreement: Option<f64>,
     /// What `agreement` counts: `"exact"`, `"argmax"` or `"p>0.5"`.
     pub agreement_kind: Option<&'static str>,

@@ -536,6 +536,17 @@ fn lock_memory_locks_the_loaded_models_or_refuses_to_start_saying_why() {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
                 .unwrap();
             assert!(locked_kb > 1024, "{line}; VmLck {locked_kb} kB");
+            // Locking happens while the repository opens, before the signal handlers exist: a TERM
+            // sent now would kill the process by default action. Wait until it listens.
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let next = lines
+                    .recv_timeout(left)
+                    .expect("the server listens after locking");
+                if next.contains("listening on") {
+                    break;
+                }
+            }
             signal(&child, "-TERM");
             assert!(child.wait().unwrap().success());
         }

@@ -98,3 +98,25 @@ fn shipped_models_need_no_repair() {
         );
     }
 }
+
+#[test]
+fn integer_weights_cast_to_float_are_converted_once_at_load() {
+    // Not a wrong answer but a slow one: tract declines to fold a 4.4 MB f32 constant and would
+    // cast the 1.1 MB int8 table on every run.
+    let dir = fixture("int8-cast-embedding");
+    let (runtime, outputs) = run(&dir, "ids");
+    assert_eq!(runtime.repairs().len(), 1, "{:?}", runtime.repairs());
+    assert!(
+        runtime.repairs()[0].contains("converted 1 integer weight tensors"),
+        "{:?}",
+        runtime.repairs()
+    );
+    // The memory budget counts what is resident: the f32 table, not the int8 file.
+    assert!(
+        runtime.weight_bytes() >= 1100 * 1000 * 4,
+        "{}",
+        runtime.weight_bytes()
+    );
+    let want = npy(dir.join("embedding.npy"), "embedding");
+    assert_close(&outputs[0], &want, 1e-6, "int8-cast-embedding");
+}

@@ -145,7 +145,9 @@ fn find_trapped_chain(graph: &GraphProto, uses: &Uses) -> Option<(usize, usize)>
             continue;
         }
         let mut across = None;
-        let mut value = node.output.first()?.clone();
+        let Some(mut value) = node.output.first().cloned() else {
+            continue;
+        };
         // Each step moves to a later node, so the walk ends; bound it anyway.
         for _ in 0..graph.node.len() {
             let Some(next) = uses.single_consumer(&value) else {
