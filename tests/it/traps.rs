@@ -120,3 +120,35 @@ fn integer_weights_cast_to_float_are_converted_once_at_load() {
     let want = npy(dir.join("embedding.npy"), "embedding");
     assert_close(&outputs[0], &want, 1e-6, "int8-cast-embedding");
 }
+
+#[test]
+fn dynamically_quantized_models_run_inferd_s_dynamic_quantize_and_match_onnxruntime() {
+    let dir = fixture("digits-dynamic");
+    let (runtime, outputs) = run(&dir, "X");
+    // The plan runs inferd's operator, not tract's (whose results it reproduces bit for bit: the
+    // unit tests in src/model/runtime/quantize.rs compare the two).
+    let ops: Vec<String> = runtime
+        .profile(&[npy(dir.join("input.npy"), "X")], 1)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.op)
+        .collect();
+    assert!(
+        ops.iter().any(|op| op == "DynamicQuantizeLinearU8(inferd)"),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter().any(|op| op == "DynamicQuantizeLinearU8"),
+        "{ops:?}"
+    );
+    assert_close(
+        &outputs[0],
+        &npy(dir.join("label.npy"), "label"),
+        0.0,
+        "digits-dynamic label",
+    );
+    // Integer matmuls are exact in both engines; the float parts around them differ in summation
+    // order only.
+    let want = npy(dir.join("probabilities.npy"), "probabilities");
+    assert_close(&outputs[1], &want, 1e-5, "digits-dynamic probabilities");
+}
