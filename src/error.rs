@@ -13,6 +13,8 @@ pub struct RequestError {
     pub code: ErrorCode,
     /// Detail for a human.
     pub message: String,
+    /// When a retry may succeed (sent with `OVERLOADED`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl RequestError {
@@ -21,6 +23,14 @@ impl RequestError {
         RequestError {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error with a retry-after hint.
+    #[must_use]
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 }

@@ -213,6 +213,9 @@ pub struct ErrorResponse<'a> {
     pub code: ErrorCode,
     /// Human-readable detail; never contains tensor data.
     pub message: &'a str,
+    /// For `OVERLOADED`: the server's estimate of when a retry may be admitted, in milliseconds (the
+    /// work queued ahead of it times the model's measured service time). `None` when it has none.
+    pub retry_after_ms: Option<u32>,
 }
 
 /// Asks for one model's description.

@@ -142,8 +142,9 @@ fn responses() {
             id: Some(7),
             code: ErrorCode::UNKNOWN_MODEL,
             message: "no",
+            retry_after_ms: None,
         }),
-        "49 4e 46 44 01 00 00 00 07 00 00 00 02 01 07 0a 02 6e 6f",
+        "49 4e 46 44 01 00 00 00 08 00 00 00 02 01 07 0a 02 6e 6f 00",
         &mut buf,
     );
     golden(
@@ -151,8 +152,19 @@ fn responses() {
             id: None,
             code: ErrorCode::FRAME_TOO_LARGE,
             message: "",
+            retry_after_ms: None,
         }),
-        "49 4e 46 44 01 00 00 00 04 00 00 00 02 00 03 00",
+        "49 4e 46 44 01 00 00 00 05 00 00 00 02 00 03 00 00",
+        &mut buf,
+    );
+    golden(
+        &Response::Error(ErrorResponse {
+            id: Some(3),
+            code: ErrorCode::OVERLOADED,
+            message: "",
+            retry_after_ms: Some(300),
+        }),
+        "49 4e 46 44 01 00 00 00 08 00 00 00 02 01 03 14 00 01 ac 02",
         &mut buf,
     );
     let mut models = Vec::new();

@@ -17,6 +17,8 @@ pub enum ClientError {
         code: ErrorCode,
         /// The server's message.
         message: String,
+        /// With `OVERLOADED`: when the server expects a retry to be admitted.
+        retry_after: Option<std::time::Duration>,
     },
     /// The network failed.
     #[error("i/o: {0}")]
@@ -36,6 +38,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The server's retry-after hint, if it gave one (with `OVERLOADED`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The server's error code, if the server refused the request.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -195,6 +205,9 @@ impl Reply {
             Response::Error(e) => Reply::Failed(ClientError::Server {
                 code: e.code,
                 message: e.message.to_owned(),
+                retry_after: e
+                    .retry_after_ms
+                    .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
             }),
             Response::Welcome(_) => {
                 Reply::Failed(ClientError::Protocol("unexpected Welcome".into()))

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::manifest::Manifest;
 use super::registry::{LoadFigures, ServedModel, MODEL_FILE};
 use super::{DimSpec, IoSpec, LoadError, Runtime};
+use crate::scheduler::ServiceTime;
 use crate::tensor::HostTensor;
 
 /// Loads, optimises and warms `vdir` (`<root>/<name>/<version>`).
@@ -24,6 +25,7 @@ pub fn load_version(
     name: &str,
     version: u32,
     warmup_runs: u32,
+    threads: usize,
 ) -> Result<ServedModel, LoadError> {
     let onnx = vdir.join(MODEL_FILE);
     let manifest = Manifest::load(vdir)?;
@@ -33,19 +35,21 @@ pub fn load_version(
         .map(|m| m.inputs.as_slice());
     let rss_before = crate::metrics::resident_bytes();
     let started = Instant::now();
-    let runtime = Runtime::load(&onnx, facts).map_err(|message| LoadError::Model {
-        path: onnx.display().to_string(),
-        message,
-    })?;
+    let runtime = Runtime::load(&onnx, facts)
+        .and_then(|mut r| r.set_threads(threads).map(|()| r))
+        .map_err(|message| LoadError::Model {
+            path: onnx.display().to_string(),
+            message,
+        })?;
     let load = started.elapsed();
     let warm = |runtime: &Runtime| -> Result<_, String> {
         if warmup_runs == 0 {
-            return Ok((None, Vec::new()));
+            return Ok(((None, None), Vec::new()));
         }
         let inputs = warm_up_inputs(runtime.inputs(), vdir)?;
         Ok((warm_up(runtime, &inputs, warmup_runs)?, inputs))
     };
-    let (warmup, warmup_inputs) = warm(&runtime).map_err(|message| LoadError::Model {
+    let ((warmup, steady), warmup_inputs) = warm(&runtime).map_err(|message| LoadError::Model {
         path: vdir.display().to_string(),
         message: format!("warm-up failed: {message}"),
     })?;
@@ -90,27 +94,39 @@ pub fn load_version(
         },
         loaded_at: std::time::SystemTime::now(),
         last_used: std::sync::atomic::AtomicU64::new(super::registry::now_ms()),
+        service: steady.map_or_else(ServiceTime::default, |took| {
+            let rows = warmup_inputs
+                .first()
+                .and_then(|t| t.shape.first())
+                .copied()
+                .filter(|_| batchable)
+                .unwrap_or(1);
+            ServiceTime::seeded(rows, took)
+        }),
         warmup_inputs,
     })
 }
 
 /// Runs the model `runs` times on this (the loading) thread; returns the first run's time (the one
-/// warm-up exists to absorb). The scheduler then runs it once more on each worker thread.
+/// warm-up exists to absorb) and the last one's (the first estimate of its service time). The
+/// scheduler then runs it once more on each worker thread.
 fn warm_up(
     runtime: &Runtime,
     inputs: &[HostTensor],
     runs: u32,
-) -> Result<Option<Duration>, String> {
-    let mut first = None;
+) -> Result<(Option<Duration>, Option<Duration>), String> {
+    let (mut first, mut last) = (None, None);
     for _ in 0..runs {
         let started = Instant::now();
         let batch = inputs.to_vec();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.run(batch)))
             .map_err(|_| "the model panicked".to_owned())?;
         result.map_err(|e| e.to_string())?;
-        first.get_or_insert(started.elapsed());
+        let took = started.elapsed();
+        first.get_or_insert(took);
+        last = Some(took);
     }
-    Ok(first)
+    Ok((first, last))
 }
 
 /// The shipped sample, ordered as the model's inputs; or, without a `sample/` folder, inputs

@@ -5,9 +5,14 @@
 //! dropping in version 2 replaces version 1), `all` serves every version, and a list such as `[1, 3]`
 //! serves exactly those. A request without a version gets the model's `default_version` when it is
 //! served, else the highest served version.
+//!
+//! The same file holds the model's scheduling knobs ([`Scheduling`]): how many workers may run it at
+//! once, how many of its requests may be queued or running, how long a partial batch may wait, its
+//! default deadline, and its intra-op threads.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -92,6 +97,29 @@ pub struct ServingFile {
     /// `false`: loaded when a request asks for it and evicted (least recently used first) when
     /// the memory budget needs room; `true` (the default): always resident.
     pub pinned: Option<bool>,
+    /// How the scheduler treats the model.
+    pub scheduling: Scheduling,
+}
+
+/// A model's scheduling knobs; the defaults leave it to the daemon-wide settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scheduling {
+    /// Most inference workers running this model at once (`None`: any free worker). Keeps a slow
+    /// model from occupying every worker while fast ones wait.
+    pub workers: Option<usize>,
+    /// Most requests of this model (all versions) queued or running; one more is refused
+    /// `OVERLOADED` with a retry-after hint (`None`: only the daemon-wide queue limit applies).
+    pub max_in_flight: Option<usize>,
+    /// How long a free worker may hold a partial batch open for more requests while other workers
+    /// are running this model (zero, the default: never). Never past the earliest member's deadline
+    /// minus the model's measured run time, and never when no other worker is busy with the model.
+    pub max_delay: Duration,
+    /// The deadline of this model's requests that name none, and the cap on those that do (the
+    /// daemon-wide default deadline caps it in turn).
+    pub deadline: Option<Duration>,
+    /// Threads one execution of this model may use (tract's intra-op pool; `None`: 1, so that
+    /// workers × threads does not oversubscribe the cores). Applies when a version loads.
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +128,27 @@ struct Raw {
     versions: Option<RawPolicy>,
     default_version: Option<u32>,
     pinned: Option<bool>,
+    workers: Option<u64>,
+    max_in_flight: Option<u64>,
+    max_delay_ms: Option<u64>,
+    deadline_ms: Option<u64>,
+    threads: Option<u64>,
+}
+
+/// `value` when it lies in `range`, else a message naming `key`.
+fn within(
+    key: &str,
+    value: Option<u64>,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, String> {
+    match value {
+        Some(v) if !range.contains(&v) => Err(format!(
+            "{key} = {v}: must be {}..={}",
+            range.start(),
+            range.end()
+        )),
+        other => Ok(other),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,10 +183,22 @@ impl ServingFile {
             Some(RawPolicy::Text(s)) => Some(s.parse()?),
             Some(RawPolicy::List(v)) => Some(VersionPolicy::Specific(v.into_iter().collect())),
         };
+        let count = |v: Option<u64>| v.and_then(|v| usize::try_from(v).ok());
+        let scheduling = Scheduling {
+            workers: count(within("workers", raw.workers, 1..=1024)?),
+            max_in_flight: count(within("max_in_flight", raw.max_in_flight, 1..=1_000_000)?),
+            max_delay: Duration::from_millis(
+                within("max_delay_ms", raw.max_delay_ms, 0..=10_000)?.unwrap_or(0),
+            ),
+            deadline: within("deadline_ms", raw.deadline_ms, 1..=3_600_000)?
+                .map(Duration::from_millis),
+            threads: count(within("threads", raw.threads, 1..=256)?),
+        };
         Ok(ServingFile {
             versions,
             default_version: raw.default_version,
             pinned: raw.pinned,
+            scheduling,
         })
     }
 }
@@ -186,5 +247,39 @@ mod tests {
         assert!(ServingFile::parse("version = 'all'")
             .unwrap_err()
             .contains("version"));
+    }
+
+    #[test]
+    fn reads_scheduling_knobs_and_refuses_out_of_range_ones() {
+        let f = ServingFile::parse(
+            "workers = 1\nmax_in_flight = 8\nmax_delay_ms = 2\ndeadline_ms = 50\nthreads = 2",
+        )
+        .unwrap();
+        assert_eq!(
+            f.scheduling,
+            Scheduling {
+                workers: Some(1),
+                max_in_flight: Some(8),
+                max_delay: Duration::from_millis(2),
+                deadline: Some(Duration::from_millis(50)),
+                threads: Some(2),
+            }
+        );
+        assert_eq!(
+            ServingFile::parse("").unwrap().scheduling,
+            Scheduling::default()
+        );
+        for bad in [
+            "workers = 0",
+            "max_in_flight = 0",
+            "max_delay_ms = 10001",
+            "deadline_ms = 0",
+            "threads = 0",
+        ] {
+            let key = bad.split(' ').next().unwrap_or_default();
+            let e = ServingFile::parse(bad).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        assert!(ServingFile::parse("workers = -1").is_err());
     }
 }

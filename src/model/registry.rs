@@ -13,6 +13,7 @@ use std::time::Duration;
 use inferd_proto::ErrorCode;
 
 use super::manifest::Manifest;
+use super::policy::Scheduling;
 use super::{LoadError, Runtime};
 use crate::error::RequestError;
 
@@ -43,6 +44,8 @@ pub struct ServedModel {
     /// What warm-up runs it on, in input order (the scheduler warms each worker with it); empty with
     /// warm-up off.
     pub warmup_inputs: Vec<crate::tensor::HostTensor>,
+    /// Its measured service time, updated by the workers after each execution.
+    pub service: crate::scheduler::ServiceTime,
 }
 
 impl ServedModel {
@@ -89,6 +92,8 @@ pub struct Registry {
     defaults: BTreeMap<String, u32>,
     /// Models loaded on demand that are not resident, with what a request for them is told.
     on_demand: BTreeMap<String, String>,
+    /// Scheduling knobs of models whose `serving.toml` sets any.
+    scheduling: BTreeMap<String, Arc<Scheduling>>,
 }
 
 impl Registry {
@@ -107,12 +112,27 @@ impl Registry {
         models: BTreeMap<String, BTreeMap<u32, Arc<ServedModel>>>,
         defaults: BTreeMap<String, u32>,
         on_demand: BTreeMap<String, String>,
+        scheduling: BTreeMap<String, Arc<Scheduling>>,
     ) -> Registry {
         Registry {
             models,
             defaults,
             on_demand,
+            scheduling,
         }
+    }
+
+    /// Every model's scheduling knobs that differ from the defaults.
+    pub(crate) fn scheduling_all(&self) -> &BTreeMap<String, Arc<Scheduling>> {
+        &self.scheduling
+    }
+
+    /// A model's scheduling knobs (the defaults when its `serving.toml` sets none).
+    pub fn scheduling(&self, name: &str) -> Arc<Scheduling> {
+        static DEFAULT: std::sync::OnceLock<Arc<Scheduling>> = std::sync::OnceLock::new();
+        self.scheduling
+            .get(name)
+            .map_or_else(|| Arc::clone(DEFAULT.get_or_init(Arc::default)), Arc::clone)
     }
 
     /// Models loaded on demand that are not resident now.

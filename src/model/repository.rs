@@ -349,6 +349,7 @@ impl Repository {
         let mut models = BTreeMap::new();
         let mut defaults = BTreeMap::new();
         let mut on_demand = BTreeMap::new();
+        let mut scheduling = BTreeMap::new();
         let mut present_keys = BTreeSet::new();
         for (model, serving) in scanned {
             let name = model.name.clone();
@@ -373,12 +374,19 @@ impl Repository {
                     log::error!("{error}; {name} keeps its current versions");
                     self.count_failure(&name);
                     changes.failed.push((name.clone(), 0, error.to_string()));
+                    if let Some(kept) = current.scheduling_all().get(&name) {
+                        scheduling.insert(name.clone(), Arc::clone(kept));
+                    }
                     if let Some(kept) = current.versions(&name) {
                         models.insert(name, kept);
                     }
                     continue;
                 }
             };
+            if serving.scheduling != super::policy::Scheduling::default() {
+                scheduling.insert(name.clone(), Arc::new(serving.scheduling.clone()));
+            }
+            let threads = serving.scheduling.threads.unwrap_or(1);
             let policy = serving
                 .versions
                 .clone()
@@ -434,7 +442,7 @@ impl Repository {
                 let estimate = std::fs::metadata(dir.join(MODEL_FILE)).map_or(0, |m| m.len());
                 let loaded = room
                     .make(estimate, &name, &current, &unpinned, &mut models)
-                    .and_then(|()| load_version(dir, &name, v, self.settings.warmup_runs))
+                    .and_then(|()| load_version(dir, &name, v, self.settings.warmup_runs, threads))
                     .map(Arc::new)
                     .and_then(|m| {
                         self.warm_workers(&m).map_err(|message| LoadError::Model {
@@ -558,9 +566,13 @@ impl Repository {
                     .push(Arc::clone(old));
             }
         }
-        if changes.swapped() || current.on_demand() != &on_demand {
-            *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                Arc::new(Registry::from_parts(models, defaults, on_demand));
+        if changes.swapped()
+            || current.on_demand() != &on_demand
+            || current.scheduling_all() != &scheduling
+        {
+            *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(
+                Registry::from_parts(models, defaults, on_demand, scheduling),
+            );
             self.book
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -9,13 +9,22 @@
 //! only from requests that queued while the workers were busy. Requests whose client has gone or whose
 //! deadline has passed are taken out without being computed. tract never runs on an executor thread.
 //!
+//! Per model (its `serving.toml`, [`Scheduling`]): at most `workers` workers run it at once, at most
+//! `max_in_flight` of its requests are queued or running (one more is refused `OVERLOADED` with a
+//! retry-after hint from the queue ahead and the model's measured service time, [`ServiceTime`]),
+//! and with `max_delay` a free worker may hold a partial batch open while other workers are busy
+//! with the model ([`policy::hold_until`]).
+//!
 //! A model version is also run once on every worker before it takes traffic ([`Warmer`]): tract keeps
 //! matrix-multiply scratch space per thread, and a worker's first run of a model pays for it.
 
 mod batch;
 pub mod policy;
+mod service;
 
-use std::collections::VecDeque;
+pub use service::{retry_after, ServiceTime};
+
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -27,6 +36,7 @@ use inferd_proto::ErrorCode;
 
 use crate::error::RequestError;
 use crate::metrics::Tracked;
+use crate::model::policy::Scheduling;
 use crate::model::ServedModel;
 use crate::tensor::HostTensor;
 
@@ -64,6 +74,8 @@ pub struct Job {
     pub cancel: Arc<AtomicBool>,
     /// The request's metrics (`None` when metrics are off).
     pub tracked: Option<Tracked>,
+    /// The model's scheduling knobs when the request was admitted.
+    pub scheduling: Arc<Scheduling>,
 }
 
 impl Job {
@@ -120,6 +132,7 @@ struct Counters {
 #[derive(Debug)]
 struct Queued {
     seq: u64,
+    at: Instant,
     rows: u64,
     key: Vec<u64>,
     job: Job,
@@ -146,6 +159,33 @@ struct State {
     total: usize,
     next_seq: u64,
     closed: bool,
+    /// Per model name (all versions): requests queued or running, and executions running.
+    load: HashMap<String, ModelLoad>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ModelLoad {
+    in_flight: usize,
+    running: usize,
+}
+
+impl State {
+    /// A model's load now.
+    fn load(&self, name: &str) -> ModelLoad {
+        self.load.get(name).copied().unwrap_or_default()
+    }
+
+    /// Changes a model's load. Entries stay once made: there are as many as model names served.
+    fn adjust(&mut self, name: &str, change: impl FnOnce(&mut ModelLoad)) {
+        match self.load.get_mut(name) {
+            Some(load) => change(load),
+            None => {
+                let mut load = ModelLoad::default();
+                change(&mut load);
+                self.load.insert(name.to_owned(), load);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -212,7 +252,8 @@ impl Scheduler {
     /// Queues a job, or refuses it at once.
     ///
     /// # Errors
-    /// `OVERLOADED` when the queues are full, `SHUTTING_DOWN` once [`Scheduler::shutdown`] has begun.
+    /// `OVERLOADED` (with a retry-after hint) when the queues are full or the model has its
+    /// `max_in_flight` requests, `SHUTTING_DOWN` once [`Scheduler::shutdown`] has begun.
     pub fn submit(&self, job: Job) -> Result<(), RequestError> {
         let (rows, key) = batch_shape(&job);
         {
@@ -223,6 +264,8 @@ impl Scheduler {
                     "the server is shutting down",
                 ));
             }
+            let workers = self.shared.busy_since.len();
+            let per_request = job.model.service.per_request();
             if st.total >= self.shared.capacity {
                 return Err(RequestError::new(
                     ErrorCode::OVERLOADED,
@@ -230,13 +273,30 @@ impl Scheduler {
                         "the inference queues are full ({} requests waiting)",
                         st.total
                     ),
-                ));
+                )
+                .retry_after(retry_after(st.total, per_request, workers)));
             }
+            let name = job.model.name.as_str();
+            let load = st.load(name);
+            if let Some(limit) = job.scheduling.max_in_flight {
+                if load.in_flight >= limit {
+                    let runs = job.scheduling.workers.unwrap_or(workers).min(workers);
+                    // Once a slot frees, the requests ahead of this one that are still queued
+                    // must be worked off too; running ones free their slot as they finish.
+                    return Err(RequestError::new(
+                        ErrorCode::OVERLOADED,
+                        format!("model {name:?} has its max_in_flight = {limit} requests queued or running"),
+                    )
+                    .retry_after(retry_after(load.in_flight, per_request, runs)));
+                }
+            }
+            st.adjust(name, |l| l.in_flight += 1);
             let seq = st.next_seq;
             st.next_seq += 1;
             st.total += 1;
             let queued = Queued {
                 seq,
+                at: Instant::now(),
                 rows,
                 key,
                 job,
@@ -331,8 +391,11 @@ impl Scheduler {
                     .position(|j| Arc::ptr_eq(&j.job.cancel, flag))?;
                 q.jobs.remove(ix)
             });
-            if found.is_some() {
+            if let Some(queued) = &found {
                 st.total -= 1;
+                st.adjust(&queued.job.model.name, |l| {
+                    l.in_flight = l.in_flight.saturating_sub(1);
+                });
                 st.queues.retain(|q| !q.jobs.is_empty());
             }
             found
@@ -440,7 +503,7 @@ fn work(shared: &Shared, me: usize) {
     while let Some(next) = next_batch(shared, me) {
         let since = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
         busy.store(since + 1, Ordering::Relaxed);
-        let (model, batch, dead) = match next {
+        let (model, batch, dead, running) = match next {
             Next::Work(taken) => taken,
             Next::Warm(warm) => {
                 let inputs = warm.model.warmup_inputs.clone();
@@ -452,6 +515,7 @@ fn work(shared: &Shared, me: usize) {
                 continue;
             }
         };
+        let taken = batch.len() + dead.len();
         for job in dead {
             if job.cancel.load(Ordering::Acquire) {
                 shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -480,11 +544,19 @@ fn work(shared: &Shared, me: usize) {
             }
             run(shared, &model, batch);
         }
+        shared.lock().adjust(&model.name, |l| {
+            l.in_flight = l.in_flight.saturating_sub(taken);
+            if running {
+                l.running = l.running.saturating_sub(1);
+            }
+        });
         busy.store(0, Ordering::Relaxed);
     }
 }
 
-type Taken = (Arc<ServedModel>, Vec<Job>, Vec<Job>);
+/// A model version, the live jobs of one batch, the dead jobs taken with them, and whether the batch
+/// counts as one of the model's running executions.
+type Taken = (Arc<ServedModel>, Vec<Job>, Vec<Job>, bool);
 
 /// What a worker does next.
 enum Next {
@@ -502,75 +574,163 @@ fn cancelled() -> RequestError {
 }
 
 /// Blocks until there is work (or shutdown with nothing left), then takes this worker's next warm-up
-/// run, or one batch out of the queue whose oldest request is oldest.
+/// run, or one batch out of the queue whose oldest request is oldest among those the worker may
+/// take now: not a model already on its `workers` limit, nor one whose partial batch is being held
+/// open for more requests (`max_delay`).
 fn next_batch(shared: &Shared, me: usize) -> Option<Next> {
     let mut st = shared.lock();
     loop {
         if let Some(warm) = st.warm.get_mut(me).and_then(VecDeque::pop_front) {
             return Some(Next::Warm(warm));
         }
-        let oldest = st
+        let mut order: Vec<(u64, usize)> = st
             .queues
             .iter()
             .enumerate()
             .filter_map(|(ix, q)| q.jobs.front().map(|j| (j.seq, ix)))
-            .min()
-            .map(|(_, ix)| ix);
-        if let Some(ix) = oldest {
-            let now = Instant::now();
-            let q = &mut st.queues[ix];
-            let max_rows = if q.model.batchable {
-                q.model.manifest.max_batch.unwrap_or(shared.max_batch)
-            } else {
-                1
+            .collect();
+        order.sort_unstable();
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        for (_, ix) in order {
+            let q = &st.queues[ix];
+            let Some(head) = q.jobs.front() else {
+                continue;
             };
-            let entries: Vec<policy::Entry<'_>> = q
-                .jobs
-                .iter()
-                .map(|j| policy::Entry {
-                    rows: j.rows,
-                    key: &j.key,
-                    live: j.job.live(now),
-                })
-                .collect();
-            let take = policy::take(&entries, max_rows);
-            let model = Arc::clone(&q.model);
-            let mut chosen: Vec<(usize, bool)> = take
-                .batch
-                .iter()
-                .map(|&i| (i, true))
-                .chain(take.dead.iter().map(|&i| (i, false)))
-                .collect();
-            // Remove from the back so earlier indices stay valid.
-            chosen.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
-            let (mut batch, mut dead) = (Vec::new(), Vec::new());
-            for (i, live) in chosen {
-                if let Some(queued) = q.jobs.remove(i) {
-                    if live {
-                        batch.push(queued.job)
-                    } else {
-                        dead.push(queued.job)
-                    }
+            let knobs = Arc::clone(&head.job.scheduling);
+            let load = st.load(&q.model.name);
+            let take = plan(q, now, shared.max_batch);
+            if !take.batch.is_empty() {
+                if knobs.workers.is_some_and(|w| load.running >= w) {
+                    continue;
+                }
+                // Draining: nothing more is coming, so nothing is held.
+                let until = (!st.closed)
+                    .then(|| hold(q, &take, &knobs, load.running, now, shared.max_batch))
+                    .flatten();
+                if let Some(until) = until {
+                    wake = Some(wake.map_or(until, |w| w.min(until)));
+                    continue;
                 }
             }
-            batch.reverse();
-            let taken = batch.len() + dead.len();
-            st.total -= taken;
-            if st.queues[ix].jobs.is_empty() {
-                // An empty queue would keep its model version alive after a swap; the next job of
-                // that version makes a new one.
-                st.queues.swap_remove(ix);
+            let running = !take.batch.is_empty();
+            let (model, batch, dead) = take_out(&mut st, ix, &take);
+            if running {
+                st.adjust(&model.name, |l| l.running += 1);
             }
-            return Some(Next::Work((model, batch, dead)));
+            return Some(Next::Work((model, batch, dead, running)));
         }
-        if st.closed {
+        if st.closed && st.queues.is_empty() {
+            // Workers waiting on a model's `workers` limit must see the end too.
+            drop(st);
+            shared.ready.notify_all();
             return None;
         }
-        st = shared
-            .ready
-            .wait(st)
-            .unwrap_or_else(PoisonError::into_inner);
+        st = match wake {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                shared
+                    .ready
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => shared
+                .ready
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner),
+        };
     }
+}
+
+/// The most rows one batch of this queue's model may hold.
+fn max_rows(q: &ModelQueue, default: u64) -> u64 {
+    if q.model.batchable {
+        q.model.manifest.max_batch.unwrap_or(default)
+    } else {
+        1
+    }
+}
+
+/// The batching policy applied to a queue now.
+fn plan(q: &ModelQueue, now: Instant, default_max: u64) -> policy::Take {
+    let entries: Vec<policy::Entry<'_>> = q
+        .jobs
+        .iter()
+        .map(|j| policy::Entry {
+            rows: j.rows,
+            key: &j.key,
+            live: j.job.live(now),
+        })
+        .collect();
+    policy::take(&entries, max_rows(q, default_max))
+}
+
+/// Until when the planned batch should wait for more requests; `None`: take it now.
+fn hold(
+    q: &ModelQueue,
+    take: &policy::Take,
+    knobs: &Scheduling,
+    others_running: usize,
+    now: Instant,
+    default_max: u64,
+) -> Option<Instant> {
+    if knobs.max_delay.is_zero() {
+        return None;
+    }
+    let members = take.batch.iter().filter_map(|&i| q.jobs.get(i));
+    let (mut rows, mut oldest, mut earliest) = (0u64, now, None::<Instant>);
+    for m in members {
+        rows = rows.saturating_add(m.rows);
+        oldest = oldest.min(m.at);
+        earliest = Some(earliest.map_or(m.job.deadline, |d| d.min(m.job.deadline)));
+    }
+    policy::hold_until(&policy::Hold {
+        now,
+        oldest,
+        earliest_deadline: earliest?,
+        rows,
+        max_rows: max_rows(q, default_max),
+        max_delay: knobs.max_delay,
+        run_time: q.model.service.execution(),
+        others_running,
+    })
+}
+
+/// Takes a planned batch and its dead jobs out of queue `ix`.
+fn take_out(
+    st: &mut State,
+    ix: usize,
+    take: &policy::Take,
+) -> (Arc<ServedModel>, Vec<Job>, Vec<Job>) {
+    let q = &mut st.queues[ix];
+    let model = Arc::clone(&q.model);
+    let mut chosen: Vec<(usize, bool)> = take
+        .batch
+        .iter()
+        .map(|&i| (i, true))
+        .chain(take.dead.iter().map(|&i| (i, false)))
+        .collect();
+    // Remove from the back so earlier indices stay valid.
+    chosen.sort_unstable_by_key(|&(i, _)| std::cmp::Reverse(i));
+    let (mut batch, mut dead) = (Vec::new(), Vec::new());
+    for (i, live) in chosen {
+        if let Some(queued) = q.jobs.remove(i) {
+            if live {
+                batch.push(queued.job)
+            } else {
+                dead.push(queued.job)
+            }
+        }
+    }
+    batch.reverse();
+    st.total -= batch.len() + dead.len();
+    if st.queues[ix].jobs.is_empty() {
+        // An empty queue would keep its model version alive after a swap; the next job of that
+        // version makes a new one.
+        st.queues.swap_remove(ix);
+    }
+    (model, batch, dead)
 }
 
 /// Runs a batch: one execution for all, or one each if the batch cannot be split (or failed, so that
@@ -593,8 +753,10 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
         c.executions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let executed = execute(model, stacked);
+        let took = started.elapsed();
+        model.service.record(rows.iter().sum(), took);
         if let Some(t) = batch.first().and_then(|j| j.tracked.as_ref()) {
-            t.metrics().executed(batch.len(), started.elapsed());
+            t.metrics().executed(batch.len(), took);
         }
         if let Ok(outputs) = executed {
             if let Some(split) = batch::split(outputs, &rows) {
@@ -614,12 +776,20 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
     }
     for mut job in batch {
         let inputs = std::mem::take(&mut job.inputs);
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .copied()
+            .filter(|_| model.batchable)
+            .unwrap_or(1);
         c.executions.fetch_add(1, Ordering::Relaxed);
         c.computed.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = execute(model, inputs);
+        let took = started.elapsed();
+        model.service.record(rows, took);
         if let Some(t) = &job.tracked {
-            t.metrics().executed(1, started.elapsed());
+            t.metrics().executed(1, took);
         }
         job.answer(result);
     }

@@ -7,6 +7,8 @@
 //! more (deadline passed, client gone, cancelled) are taken out wherever they are, so they neither
 //! wait nor count towards the batch: the worker answers them without computing anything.
 
+use std::time::{Duration, Instant};
+
 /// What the policy needs to know of one queued request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<'a> {
@@ -54,6 +56,45 @@ pub fn take(queue: &[Entry<'_>], max_rows: u64) -> Take {
         }
     }
     out
+}
+
+/// What deciding whether to hold a partial batch open needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// The clock now.
+    pub now: Instant,
+    /// When the batch's oldest request was queued.
+    pub oldest: Instant,
+    /// The earliest deadline among the batch's requests.
+    pub earliest_deadline: Instant,
+    /// Rows the batch holds now.
+    pub rows: u64,
+    /// Rows it may hold.
+    pub max_rows: u64,
+    /// The model's `max_delay` (zero: never hold).
+    pub max_delay: Duration,
+    /// The model's measured time for one execution, when known.
+    pub run_time: Option<Duration>,
+    /// Executions of this model running on other workers now.
+    pub others_running: usize,
+}
+
+/// Until when a free worker should leave a partial batch queued for more requests to join; `None`:
+/// run it now. A batch is held only when the model's `max_delay` is set, the batch is not full, and
+/// other workers are busy with the model (so requests are arriving faster than one worker serves
+/// them: an idle system never waits), and never past its oldest request's `max_delay` nor past its
+/// earliest deadline minus the model's run time (so that it can still finish in time).
+pub fn hold_until(h: &Hold) -> Option<Instant> {
+    if h.max_delay.is_zero() || h.rows >= h.max_rows || h.others_running == 0 {
+        return None;
+    }
+    let by_delay = h.oldest.checked_add(h.max_delay)?;
+    let by_deadline = h
+        .earliest_deadline
+        .checked_sub(h.run_time.unwrap_or_default())
+        .unwrap_or(h.now);
+    let until = by_delay.min(by_deadline);
+    (until > h.now).then_some(until)
 }
 
 #[cfg(test)]
@@ -114,5 +155,67 @@ mod tests {
         let q = [e(50, a, true), e(1, a, true)];
         assert_eq!(take(&q, 32).batch, vec![0]);
         assert_eq!(take(&[], 32), Take::default());
+    }
+
+    #[test]
+    fn holds_a_partial_batch_only_on_a_busy_model_and_within_its_bounds() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let busy = Hold {
+            now: t0 + ms(1),
+            oldest: t0,
+            earliest_deadline: t0 + ms(100),
+            rows: 2,
+            max_rows: 8,
+            max_delay: ms(5),
+            run_time: Some(ms(10)),
+            others_running: 1,
+        };
+        // Held until the oldest request has waited max_delay.
+        assert_eq!(hold_until(&busy), Some(t0 + ms(5)));
+        // Never with max_delay off, a full batch, or no other worker on the model (idle system).
+        assert_eq!(
+            hold_until(&Hold {
+                max_delay: ms(0),
+                ..busy
+            }),
+            None
+        );
+        assert_eq!(hold_until(&Hold { rows: 8, ..busy }), None);
+        assert_eq!(
+            hold_until(&Hold {
+                others_running: 0,
+                ..busy
+            }),
+            None
+        );
+        // Not past the earliest deadline minus the model's run time...
+        let tight = Hold {
+            earliest_deadline: t0 + ms(13),
+            ..busy
+        };
+        assert_eq!(hold_until(&tight), Some(t0 + ms(3)));
+        // ...and not at all once that has passed, or once max_delay has.
+        assert_eq!(
+            hold_until(&Hold {
+                earliest_deadline: t0 + ms(10),
+                ..busy
+            }),
+            None
+        );
+        assert_eq!(
+            hold_until(&Hold {
+                now: t0 + ms(5),
+                ..busy
+            }),
+            None
+        );
+        // Without a measured run time, the deadline itself bounds the hold.
+        let unknown = Hold {
+            earliest_deadline: t0 + ms(3),
+            run_time: None,
+            ..busy
+        };
+        assert_eq!(hold_until(&unknown), Some(t0 + ms(3)));
     }
 }

@@ -131,20 +131,23 @@ fn admit(
             "the server is shutting down",
         ));
     }
-    let model = ctx
-        .models
-        .snapshot()
-        .get(q.model, q.version)
-        .inspect_err(|e| {
-            if e.code == ErrorCode::NOT_LOADED {
-                // A model loaded on demand: ask for it; the client retries.
-                ctx.models.demand(q.model);
-                ctx.request_rescan();
-            }
-        })?;
+    let snapshot = ctx.models.snapshot();
+    let model = snapshot.get(q.model, q.version).inspect_err(|e| {
+        if e.code == ErrorCode::NOT_LOADED {
+            // A model loaded on demand: ask for it; the client retries.
+            ctx.models.demand(q.model);
+            ctx.request_rescan();
+        }
+    })?;
     model.touch();
     let order = validate(model.runtime.inputs(), &q.inputs)?;
-    let default = ctx.config.default_deadline;
+    let scheduling = snapshot.scheduling(&model.name);
+    // The model's own default deadline, capped by the daemon's; a request may only shorten it.
+    let default = scheduling
+        .deadline
+        .map_or(ctx.config.default_deadline, |d| {
+            d.min(ctx.config.default_deadline)
+        });
     let allowed = q.deadline_ms.map_or(default, |ms| {
         Duration::from_millis(u64::from(ms)).min(default)
     });
@@ -167,6 +170,7 @@ fn admit(
         reply: done.clone(),
         cancel,
         tracked,
+        scheduling,
     };
     ctx.scheduler
         .submit(job)

@@ -535,6 +535,7 @@ async fn refuse(mut stream: Async<TcpStream>) {
         id: None,
         code: ErrorCode::OVERLOADED,
         message: "too many connections",
+        retry_after_ms: None,
     });
     if let Ok(frame) = encode_frame_vec(&response, u32::MAX) {
         let _ = crate::framed::write_frame(&mut stream, &frame, Duration::from_millis(100)).await;

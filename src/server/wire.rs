@@ -129,6 +129,9 @@ pub fn error_frame(id: Option<u32>, e: &RequestError, ctx: &Ctx) -> Option<Vec<u
         id,
         code: e.code,
         message: &message,
+        retry_after_ms: e
+            .retry_after
+            .map(|d| u32::try_from(d.as_millis().max(1)).unwrap_or(u32::MAX)),
     });
     encode_frame_vec(&response, ctx.config.max_frame_bytes).ok()
 }

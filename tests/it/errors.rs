@@ -29,15 +29,18 @@ fn assert_serves(server: &TestServer) {
     assert_good_request(&mut raw, 1);
 }
 
-fn expect_error(raw: &mut Raw, id: u32, code: ErrorCode) {
+/// The next frame is an error `code` for request `id`; its retry-after hint.
+pub fn expect_error(raw: &mut Raw, id: u32, code: ErrorCode) -> Option<u32> {
     match raw.recv() {
         Some(Got::Error {
             id: got,
             code: c,
             message,
+            retry_after_ms,
         }) => {
             assert_eq!((got, c), (Some(id), code), "{message}");
             assert!(!message.is_empty());
+            retry_after_ms
         }
         other => panic!("expected {code} for request {id}, got {other:?}"),
     }
@@ -173,7 +176,9 @@ fn a_full_queue_is_refused_at_once() {
         raw.infer(id, "digits-mlp", &[digits_input()]);
     }
     for id in 5..=10 {
-        expect_error(&mut raw, id, ErrorCode::OVERLOADED);
+        let hint = expect_error(&mut raw, id, ErrorCode::OVERLOADED);
+        // Four queued ahead, at the measured service time of digits-mlp: at least the 1 ms floor.
+        assert!(hint.is_some_and(|ms| ms >= 1), "retry-after hint: {hint:?}");
     }
     release(&mut blocker);
     let mut served: Vec<u32> = (0..4)

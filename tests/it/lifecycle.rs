@@ -393,6 +393,7 @@ fn each_worker_runs_a_version_before_it_serves() {
         loaded_at: m.loaded_at,
         last_used: std::sync::atomic::AtomicU64::new(0),
         warmup_inputs: vec![crate::harness::ppocr_input()],
+        service: Default::default(),
     });
     assert!(scheduler.warm(&wrong).is_err());
     let warmer = scheduler.warmer();

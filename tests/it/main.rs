@@ -17,6 +17,7 @@ mod lifecycle;
 mod load;
 mod models;
 mod observability;
+mod per_model;
 mod raw;
 mod scheduling;
 mod shutdown;

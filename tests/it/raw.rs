@@ -22,6 +22,7 @@ pub enum Got {
         id: Option<u32>,
         code: ErrorCode,
         message: String,
+        retry_after_ms: Option<u32>,
     },
     Other(Option<u32>),
 }
@@ -132,6 +133,7 @@ impl Raw {
                 id: e.id,
                 code: e.code,
                 message: e.message.to_owned(),
+                retry_after_ms: e.retry_after_ms,
             },
             other => Got::Other(other.id()),
         };
@@ -145,6 +147,7 @@ impl Raw {
                 id: None,
                 code: got,
                 message,
+                ..
             }) => assert_eq!(got, code, "{message}"),
             other => panic!("expected a connection error {code}, got {other:?}"),
         }

@@ -16,6 +16,7 @@ use tract_onnx::prelude::{
     TVec, Tensor, TypedFact, TypedModel, TypedSimplePlan,
 };
 use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::multithread;
 
 use super::{DimSpec, IoSpec};
 use crate::tensor::HostTensor;
@@ -32,6 +33,9 @@ pub struct Runtime {
     outputs: Vec<IoSpec>,
     weight_bytes: u64,
     repairs: Vec<String>,
+    /// tract's intra-op pool for this model (`threads` > 1 in its `serving.toml`); `None`: every
+    /// execution stays on the worker thread that runs it.
+    executor: Option<multithread::Executor>,
 }
 
 /// A run that failed inside the engine (the request was valid for the model's declared facts).
@@ -226,6 +230,7 @@ impl Prepared {
             outputs,
             weight_bytes,
             repairs: self.repairs,
+            executor: None,
         })
     }
 }
@@ -294,6 +299,33 @@ impl Runtime {
         &self.inputs
     }
 
+    /// Gives each execution `threads` threads (tract's intra-op pool, private to this model);
+    /// 1 keeps executions on the calling thread.
+    ///
+    /// # Errors
+    /// If the pool's threads cannot be started.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), String> {
+        if threads <= 1 {
+            self.executor = None;
+            return Ok(());
+        }
+        // tract panics when the pool cannot be built (threads refused by the system).
+        let pool = std::panic::catch_unwind(|| {
+            multithread::Executor::multithread_with_name(threads, "inferd-intra-op")
+        })
+        .map_err(|_| format!("cannot start {threads} intra-op threads"))?;
+        self.executor = Some(pool);
+        Ok(())
+    }
+
+    /// Threads one execution may use.
+    pub fn threads(&self) -> usize {
+        match &self.executor {
+            Some(multithread::Executor::MultiThread(pool)) => pool.current_num_threads(),
+            _ => 1,
+        }
+    }
+
     /// Declared outputs, in the model's order.
     pub fn outputs(&self) -> &[IoSpec] {
         &self.outputs
@@ -306,10 +338,13 @@ impl Runtime {
     /// [`RunError`] if tract fails (e.g. a shape the graph cannot take despite matching the facts).
     pub fn run(&self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, RunError> {
         let values = to_values(inputs)?;
-        let results = self
-            .plan
-            .run(values)
-            .map_err(|e| RunError(format!("{e:#}")))?;
+        let results = match &self.executor {
+            Some(pool) => {
+                multithread::multithread_tract_scope(pool.clone(), || self.plan.run(values))
+            }
+            None => self.plan.run(values),
+        }
+        .map_err(|e| RunError(format!("{e:#}")))?;
         results
             .into_iter()
             .zip(&self.outputs)

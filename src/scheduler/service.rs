@@ -1,0 +1,112 @@
+//! A model version's measured service time: what the retry-after hint and the batch hold are
+//! computed from.
+//!
+//! Two moving averages (weight 1/8 for the newest execution), updated by the worker after each
+//! execution without a lock: the time one execution takes and the rows it carried. Concurrent
+//! updates may lose one sample to another; the figure is an estimate either way.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Rows are averaged in sixteenths, so that a mean of 1.5 rows is not rounded to 1 or 2.
+const ROW_SCALE: u64 = 16;
+
+/// The moving averages; zero until the first execution.
+#[derive(Debug, Default)]
+pub struct ServiceTime {
+    execution_ns: AtomicU64,
+    rows_scaled: AtomicU64,
+}
+
+impl ServiceTime {
+    /// An estimate seeded with one measured execution of `rows` rows (warm-up).
+    pub fn seeded(rows: u64, took: Duration) -> ServiceTime {
+        let s = ServiceTime::default();
+        s.record(rows, took);
+        s
+    }
+
+    /// Adds one execution of `rows` rows that took `took`.
+    pub fn record(&self, rows: u64, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let rows = rows.max(1).saturating_mul(ROW_SCALE);
+        let blend = |old: u64, new: u64| {
+            if old == 0 {
+                new
+            } else {
+                // old + (new - old) / 8, in integers without overflow for any u64 pair.
+                old - old / 8 + new / 8
+            }
+        };
+        let old = self.execution_ns.load(Ordering::Relaxed);
+        self.execution_ns.store(blend(old, ns), Ordering::Relaxed);
+        let old = self.rows_scaled.load(Ordering::Relaxed);
+        self.rows_scaled.store(blend(old, rows), Ordering::Relaxed);
+    }
+
+    /// The mean time of one execution; `None` before any was measured.
+    pub fn execution(&self) -> Option<Duration> {
+        match self.execution_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The mean cost of one request (an execution's time over the rows it carried); `None` before
+    /// any execution was measured.
+    pub fn per_request(&self) -> Option<Duration> {
+        let ns = self.execution_ns.load(Ordering::Relaxed);
+        let rows = self.rows_scaled.load(Ordering::Relaxed).max(ROW_SCALE);
+        (ns != 0).then(|| Duration::from_nanos(ns.saturating_mul(ROW_SCALE) / rows))
+    }
+}
+
+/// When a request refused now could expect to be admitted: the `queued` requests ahead of it, each
+/// costing `per_request`, worked off by `workers` workers in parallel; at least a millisecond (the
+/// wire's unit) and at most ten seconds (past that the estimate means little: go elsewhere). With no
+/// measurement yet, one millisecond per queued request and worker.
+pub fn retry_after(queued: usize, per_request: Option<Duration>, workers: usize) -> Duration {
+    let per = per_request.unwrap_or(Duration::from_millis(1));
+    let queued = u32::try_from(queued).unwrap_or(u32::MAX);
+    let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+    per.saturating_mul(queued)
+        .checked_div(workers)
+        .unwrap_or_default()
+        .clamp(Duration::from_millis(1), Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_executions_and_rows() {
+        let s = ServiceTime::default();
+        assert_eq!(s.execution(), None);
+        assert_eq!(s.per_request(), None);
+        s.record(4, Duration::from_micros(800));
+        assert_eq!(s.execution(), Some(Duration::from_micros(800)));
+        assert_eq!(s.per_request(), Some(Duration::from_micros(200)));
+        // A slower batch of one moves the averages an eighth of the way.
+        s.record(1, Duration::from_micros(1600));
+        assert_eq!(s.execution(), Some(Duration::from_micros(900)));
+        // rows: 4 - 4/8 + 1/8 = 3.625
+        let per = s.per_request().unwrap().as_nanos();
+        assert!((248_000..=249_000).contains(&per), "{per}");
+        assert_eq!(
+            ServiceTime::seeded(1, Duration::from_millis(2)).per_request(),
+            Some(Duration::from_millis(2))
+        );
+    }
+
+    #[test]
+    fn retry_after_scales_with_queue_and_workers_within_bounds() {
+        let per = Some(Duration::from_millis(2));
+        assert_eq!(retry_after(10, per, 1), Duration::from_millis(20));
+        assert_eq!(retry_after(10, per, 4), Duration::from_millis(5));
+        assert_eq!(retry_after(0, per, 1), Duration::from_millis(1));
+        assert_eq!(retry_after(3, None, 1), Duration::from_millis(3));
+        assert_eq!(retry_after(1_000_000, per, 1), Duration::from_secs(10));
+        assert_eq!(retry_after(10, per, 0), Duration::from_millis(20));
+    }
+}
