@@ -152,3 +152,28 @@ fn dynamically_quantized_models_run_inferd_s_dynamic_quantize_and_match_onnxrunt
     let want = npy(dir.join("probabilities.npy"), "probabilities");
     assert_close(&outputs[1], &want, 1e-5, "digits-dynamic probabilities");
 }
+
+#[test]
+fn shipped_qdq_models_run_inferd_s_quantize_linear() {
+    // Their outputs are checked against onnxruntime's in models.rs; here, that the plan runs
+    // inferd's QuantizeLinear (bit-identical to tract's: unit tests in
+    // src/model/runtime/quantize_linear.rs) and none of tract's.
+    let registry = inferd::model::Registry::load(&repo_root().join("models")).unwrap();
+    for name in ["digits-mlp-int8", "silero-vad-int8"] {
+        let m = registry.get(name, None).unwrap();
+        let ops: Vec<String> = m
+            .runtime
+            .profile(&m.warmup_inputs, 1)
+            .unwrap()
+            .into_iter()
+            .map(|n| n.op)
+            .collect();
+        let ours = |op: &String| op.starts_with("QuantizeLinear") && op.ends_with("(inferd)");
+        assert!(ops.iter().any(ours), "{name}: {ops:?}");
+        assert!(
+            !ops.iter()
+                .any(|op| op == "QuantizeLinearU8" || op == "QuantizeLinearI8"),
+            "{name}: {ops:?}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ use super::{DimSpec, IoSpec};
 use crate::tensor::HostTensor;
 
 mod quantize;
+mod quantize_linear;
 mod traps;
 mod weights;
 
@@ -208,6 +209,7 @@ impl Prepared {
     pub fn into_runtime(self) -> Result<Runtime, String> {
         let weight_bytes = weight_bytes(&self.model);
         let typed = self.model.into_optimized().map_err(|e| format!("{e:#}"))?;
+        let (typed, _) = quantize_linear::swap_in(typed).map_err(|e| format!("{e:#}"))?;
         let mut inputs = Vec::new();
         for (ix, outlet) in typed
             .input_outlets()

@@ -1,0 +1,226 @@
+//! A QuantizeLinear the compiler can vectorise, in place of tract 0.23.9's, in QDQ models.
+//!
+//! tract runs a QDQ model (onnxruntime's `quantize_static` default) in float: it folds the
+//! quantized weights back to f32 at load and keeps every activation's `QuantizeLinear →
+//! DequantizeLinear` pair as fake quantization. Its QuantizeLinear is a scalar element-wise loop whose
+//! rounding (`round_ties_even`) is a libm `rintf` call per element on the baseline x86_64 target (SSE2,
+//! no `roundps`): on ppocr-cls's QDQ variants it is half of the run. This operator computes the
+//! same function, `saturate(round_half_even(x · (1/scale)) + zero_point)` with tract's reciprocal
+//! scale, rounding with the 1.5 × 2²³ addition trick after clamping to ±512 (far past the range any
+//! 8-bit output keeps, and well inside the trick's exact range), so that it vectorises; results are
+//! bit-identical to tract's (a test compares them, ties, NaN and infinities included). It is
+//! swapped in on the optimised model, after tract's own graph rewrites have seen its operator.
+
+use tract_onnx::prelude::{
+    tvec, DatumType, IntoTValue, OutletId, TValue, TVec, Tensor, TractResult, TypedFact, TypedModel,
+};
+use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp};
+use tract_onnx::tract_core::model::TypedModelPatch;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::quant::{QuantizeLinearI8, QuantizeLinearU8};
+use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
+
+/// Replaces every f32-input QuantizeLinear of `model` (tract's `QuantizeLinearU8`/`I8`) with
+/// [`QuantizeLinear`]; returns the model and how many it replaced.
+pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
+    let mut patch = TypedModelPatch::default();
+    let mut replaced = 0usize;
+    for node in model.nodes() {
+        let Some(ElementWiseOp(mini, _)) = node.op_as::<ElementWiseOp>() else {
+            continue;
+        };
+        let op = if let Some(q) = mini.downcast_ref::<QuantizeLinearU8>() {
+            QuantizeLinear {
+                scale: q.scale,
+                zero_point: i32::from(q.zero_point),
+                signed: false,
+            }
+        } else if let Some(q) = mini.downcast_ref::<QuantizeLinearI8>() {
+            QuantizeLinear {
+                scale: q.scale,
+                zero_point: i32::from(q.zero_point),
+                signed: true,
+            }
+        } else {
+            continue;
+        };
+        if node.inputs.len() != 1 || model.outlet_fact(node.inputs[0])?.datum_type != DatumType::F32
+        {
+            continue;
+        }
+        let input = patch.tap_model(&model, node.inputs[0])?;
+        let output = patch.wire_node(&node.name, op, &[input])?;
+        patch.shunt_outside(&model, OutletId::new(node.id, 0), output[0])?;
+        replaced += 1;
+    }
+    if replaced == 0 {
+        return Ok((model, 0));
+    }
+    let mut model = model;
+    patch.apply(&mut model)?;
+    Ok((model.into_compact()?, replaced))
+}
+
+/// ONNX QuantizeLinear from f32, per tensor, to u8 or i8.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizeLinear {
+    /// The reciprocal of ONNX's scale, as tract keeps it (it multiplies).
+    pub scale: f32,
+    /// The zero point.
+    pub zero_point: i32,
+    /// i8 output (else u8).
+    pub signed: bool,
+}
+
+impl Eq for QuantizeLinear {}
+
+impl std::hash::Hash for QuantizeLinear {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.scale.to_bits().hash(state);
+        self.zero_point.hash(state);
+        self.signed.hash(state);
+    }
+}
+
+impl Op for QuantizeLinear {
+    fn name(&self) -> StaticName {
+        if self.signed {
+            "QuantizeLinearI8(inferd)".into()
+        } else {
+            "QuantizeLinearU8(inferd)".into()
+        }
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QuantizeLinear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = inputs[0].cast_to::<f32>()?;
+        let xs = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let out = if self.signed {
+            let mut dst = Tensor::zero_dt(DatumType::I8, input.shape())?;
+            quantize_i8(
+                xs,
+                self.scale,
+                self.zero_point,
+                dst.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?,
+            );
+            dst
+        } else {
+            let mut dst = Tensor::zero_dt(DatumType::U8, input.shape())?;
+            quantize_u8(
+                xs,
+                self.scale,
+                self.zero_point,
+                dst.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?,
+            );
+            dst
+        };
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QuantizeLinear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut fact = inputs[0].clone();
+        fact.datum_type = if self.signed {
+            DatumType::I8
+        } else {
+            DatumType::U8
+        };
+        fact.konst = None;
+        fact.uniform = None;
+        Ok(tvec!(fact))
+    }
+
+    as_op!();
+}
+
+/// `round_half_even(x · scale) + zero_point` before saturation, as a float: exact for the range
+/// that matters, and a NaN becomes `zero_point` as in tract (whose float → int cast makes it 0).
+#[inline(always)]
+fn shifted(x: f32, scale: f32, zero_point: f32) -> f32 {
+    // Adding then subtracting 1.5 × 2²³ rounds to an integer, half to even (the default rounding
+    // mode), for |v| < 2²²; values beyond ±512 saturate either way.
+    const ROUND: f32 = 12_582_912.0;
+    let v = x * scale;
+    #[allow(
+        clippy::eq_op,
+        reason = "v == v is false only for NaN, and compiles to a select"
+    )]
+    let v = if v == v { v.clamp(-512.0, 512.0) } else { 0.0 };
+    ((v + ROUND) - ROUND) + zero_point
+}
+
+/// tract's QuantizeLinearU8, element-wise.
+pub fn quantize_u8(xs: &[f32], scale: f32, zero_point: i32, ys: &mut [u8]) {
+    let zp = zero_point as f32;
+    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        *y = shifted(*x, scale, zp).clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// tract's QuantizeLinearI8, element-wise.
+pub fn quantize_i8(xs: &[f32], scale: f32, zero_point: i32, ys: &mut [i8]) {
+    let zp = zero_point as f32;
+    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        *y = shifted(*x, scale, zp).clamp(-128.0, 127.0) as i8;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::quant::{quantize_linear_f32_i8, quantize_linear_f32_u8};
+
+    #[test]
+    fn bit_identical_to_tract_including_ties_and_extremes() {
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32
+        };
+        let mut xs: Vec<f32> = (0..4099).map(|_| next() * 80.0 - 40.0).collect();
+        // Exact halves for a reciprocal scale of 1 and 2, values far out of range, zeros, NaN.
+        // (Past |x · scale| ≈ 2³¹ tract's integer sum overflows; this operator saturates, below.)
+        xs.extend((-600..=600).map(|i| i as f32 * 0.25));
+        xs.extend([0.0, -0.0, 1e6, -1e6, 3e7, -3e7, f32::NAN]);
+        for (scale, zero_point) in [
+            (1.0, 0),
+            (2.0, 128),
+            (1.0 / 0.0173, 37),
+            (40.0, 255),
+            (0.5, 3),
+        ] {
+            let mut got = vec![0u8; xs.len()];
+            quantize_u8(&xs, scale, zero_point, &mut got);
+            for (x, g) in xs.iter().zip(&got) {
+                assert_eq!(
+                    *g,
+                    quantize_linear_f32_u8(*x, scale, zero_point),
+                    "u8 x={x} scale={scale} zp={zero_point}"
+                );
+            }
+            let zero_point = zero_point - 128;
+            let mut got = vec![0i8; xs.len()];
+            quantize_i8(&xs, scale, zero_point, &mut got);
+            for (x, g) in xs.iter().zip(&got) {
+                assert_eq!(
+                    *g,
+                    quantize_linear_f32_i8(*x, scale, zero_point),
+                    "i8 x={x} scale={scale} zp={zero_point}"
+                );
+            }
+        }
+        let extremes = [f32::INFINITY, f32::MAX, f32::NEG_INFINITY, f32::MIN];
+        let mut u = [0u8; 4];
+        quantize_u8(&extremes, 40.0, 200, &mut u);
+        assert_eq!(u, [255, 255, 0, 0]);
+        let mut i = [0i8; 4];
+        quantize_i8(&extremes, 40.0, 100, &mut i);
+        assert_eq!(i, [127, 127, -128, -128]);
+    }
+}
