@@ -156,8 +156,8 @@ fn dynamically_quantized_models_run_inferd_s_dynamic_quantize_and_match_onnxrunt
 #[test]
 fn shipped_qdq_models_run_inferd_s_quantize_linear() {
     // Their outputs are checked against onnxruntime's in models.rs; here, that the plan runs
-    // inferd's QuantizeLinear (bit-identical to tract's: unit tests in
-    // src/model/runtime/quantize_linear.rs) and none of tract's.
+    // inferd's QuantizeLinear or fused quantize-dequantize (bit-identical to tract's: unit tests in
+    // src/model/runtime/quantize_linear.rs) and none of tract's QuantizeLinear.
     let registry = inferd::model::Registry::load(&repo_root().join("models")).unwrap();
     for name in ["digits-mlp-int8", "silero-vad-int8"] {
         let m = registry.get(name, None).unwrap();
@@ -168,7 +168,10 @@ fn shipped_qdq_models_run_inferd_s_quantize_linear() {
             .into_iter()
             .map(|n| n.op)
             .collect();
-        let ours = |op: &String| op.starts_with("QuantizeLinear") && op.ends_with("(inferd)");
+        let ours = |op: &String| {
+            op == "FakeQuantize(inferd)"
+                || (op.starts_with("QuantizeLinear") && op.ends_with("(inferd)"))
+        };
         assert!(ops.iter().any(ours), "{name}: {ops:?}");
         assert!(
             !ops.iter()

@@ -122,8 +122,18 @@ pub fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
     const ROUND: f32 = 12_582_912.0;
     let zero_point = f32::from(zero_point);
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let rounded = (x / scale + ROUND) - ROUND;
-        *y = (rounded + zero_point).clamp(0.0, 255.0) as u8;
+        // NaN (a NaN input, or 0 / 0 for an all-zero tensor) becomes 0 as tract's cast makes it.
+        let r = x / scale;
+        #[allow(
+            clippy::eq_op,
+            reason = "r == r is false only for NaN, and compiles to a select"
+        )]
+        let r = if r == r { r.clamp(-512.0, 512.0) } else { 0.0 };
+        let rounded = (r + ROUND) - ROUND;
+        // An integer in 0..=255 now: read it out of the mantissa of 1.5 × 2²³ + it (a bit cast
+        // and a mask vectorise; a float → int `as` cast, which saturates, does not).
+        let v = (rounded + zero_point).clamp(0.0, 255.0);
+        *y = ((v + ROUND).to_bits() & 0xff) as u8;
     }
 }
 
@@ -180,7 +190,12 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1u32 << 24) as f32
         };
-        let mut cases: Vec<Vec<f32>> = vec![vec![], vec![0.0; 13], vec![1.5, 2.5, -0.5]];
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![0.0; 13],
+            vec![1.5, 2.5, -0.5],
+            vec![1.0, f32::NAN, -2.0, 0.5],
+        ];
         for len in [1, 7, 8, 9, 100, 1031] {
             cases.push((0..len).map(|_| next() * 20.0 - 7.0).collect());
             cases.push((0..len).map(|_| next() * 3.0).collect());

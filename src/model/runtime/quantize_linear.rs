@@ -10,21 +10,28 @@
 //! 8-bit output keeps, and well inside the trick's exact range), so that it vectorises; results are
 //! bit-identical to tract's (a test compares them, ties, NaN and infinities included). It is
 //! swapped in on the optimised model, after tract's own graph rewrites have seen its operator.
+//!
+//! Where a QuantizeLinear's only reader is a DequantizeLinear (the fake quantization of an
+//! activation), the pair becomes one [`FakeQuantize`]: one pass over the tensor, in place, instead
+//! of an 8-bit tensor written and read back; the result is the same float, bit for bit.
 
+use tract_onnx::prelude::IntoTensor;
 use tract_onnx::prelude::{
     tvec, DatumType, IntoTValue, OutletId, TValue, TVec, Tensor, TractResult, TypedFact, TypedModel,
 };
 use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp};
 use tract_onnx::tract_core::model::TypedModelPatch;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::quant::{QuantizeLinearI8, QuantizeLinearU8};
+use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 /// Replaces every f32-input QuantizeLinear of `model` (tract's `QuantizeLinearU8`/`I8`) with
-/// [`QuantizeLinear`]; returns the model and how many it replaced.
+/// [`QuantizeLinear`], or with its DequantizeLinear with [`FakeQuantize`]; returns the model and
+/// how many it replaced.
 pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
     let mut patch = TypedModelPatch::default();
     let mut replaced = 0usize;
+    let observed = model.output_outlets()?.to_vec();
     for node in model.nodes() {
         let Some(ElementWiseOp(mini, _)) = node.op_as::<ElementWiseOp>() else {
             continue;
@@ -49,8 +56,22 @@ pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
             continue;
         }
         let input = patch.tap_model(&model, node.inputs[0])?;
-        let output = patch.wire_node(&node.name, op, &[input])?;
-        patch.shunt_outside(&model, OutletId::new(node.id, 0), output[0])?;
+        let dequantize = model
+            .single_succ(node.id)?
+            .filter(|_| !observed.contains(&OutletId::new(node.id, 0)))
+            .and_then(|succ| Some((succ, succ.op_as::<DequantizeLinearF32>()?)));
+        if let Some((succ, dq)) = dequantize {
+            let fused = FakeQuantize {
+                quantize: op,
+                scale: dq.scale,
+                zero_point: dq.zero_point,
+            };
+            let output = patch.wire_node(&succ.name, fused, &[input])?;
+            patch.shunt_outside(&model, OutletId::new(succ.id, 0), output[0])?;
+        } else {
+            let output = patch.wire_node(&node.name, op, &[input])?;
+            patch.shunt_outside(&model, OutletId::new(node.id, 0), output[0])?;
+        }
         replaced += 1;
     }
     if replaced == 0 {
@@ -139,13 +160,76 @@ impl TypedOp for QuantizeLinear {
     as_op!();
 }
 
+/// QuantizeLinear then DequantizeLinear, in one pass: `(saturate(q) - zero_point) · scale`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeQuantize {
+    /// The quantization.
+    pub quantize: QuantizeLinear,
+    /// The DequantizeLinear's scale.
+    pub scale: f32,
+    /// The DequantizeLinear's zero point.
+    pub zero_point: i32,
+}
+
+impl Eq for FakeQuantize {}
+
+impl std::hash::Hash for FakeQuantize {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.quantize.hash(state);
+        self.scale.to_bits().hash(state);
+        self.zero_point.hash(state);
+    }
+}
+
+impl Op for FakeQuantize {
+    fn name(&self) -> StaticName {
+        "FakeQuantize(inferd)".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FakeQuantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        // In place when this op holds the only reference to its input, as it usually does.
+        let mut tensor = inputs.remove(0).into_tensor();
+        if tensor.datum_type() != DatumType::F32 {
+            tensor = tensor.cast_to::<f32>()?.into_owned();
+        }
+        fake_quantize(
+            tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+            &self.quantize,
+            self.scale,
+            self.zero_point,
+        );
+        Ok(tvec!(tensor.into_tvalue()))
+    }
+}
+
+impl TypedOp for FakeQuantize {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut fact = inputs[0].clone();
+        fact.datum_type = DatumType::F32;
+        fact.konst = None;
+        fact.uniform = None;
+        Ok(tvec!(fact))
+    }
+
+    as_op!();
+}
+
+/// 1.5 × 2²³: adding it to a float of magnitude below 2²² rounds it to an integer (half to even, the
+/// default rounding mode) held in the low bits of the sum's mantissa.
+const ROUND: f32 = 12_582_912.0;
+
 /// `round_half_even(x · scale) + zero_point` before saturation, as a float: exact for the range
 /// that matters, and a NaN becomes `zero_point` as in tract (whose float → int cast makes it 0).
 #[inline(always)]
 fn shifted(x: f32, scale: f32, zero_point: f32) -> f32 {
     // Adding then subtracting 1.5 × 2²³ rounds to an integer, half to even (the default rounding
     // mode), for |v| < 2²²; values beyond ±512 saturate either way.
-    const ROUND: f32 = 12_582_912.0;
     let v = x * scale;
     #[allow(
         clippy::eq_op,
@@ -155,11 +239,35 @@ fn shifted(x: f32, scale: f32, zero_point: f32) -> f32 {
     ((v + ROUND) - ROUND) + zero_point
 }
 
+/// The integer `v` (one of -128..=255, as a float) as its low byte. Adding 1.5 × 2²³ puts `v` in the
+/// low bits of the float's mantissa; reading them back is a bit cast and a mask, where a float → int
+/// `as` cast is a saturating conversion that the compiler keeps scalar.
+#[inline(always)]
+fn low_byte(v: f32) -> u8 {
+    ((v + ROUND).to_bits() & 0xff) as u8
+}
+
+/// tract's QuantizeLinear then its DequantizeLinearF32 (`scale`, `zero_point`), element-wise in
+/// place.
+pub fn fake_quantize(xs: &mut [f32], q: &QuantizeLinear, scale: f32, zero_point: i32) {
+    let (lo, hi) = if q.signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
+    let (qzp, dzp) = (q.zero_point as f32, zero_point as f32);
+    for x in xs.iter_mut() {
+        // Integers all the way to the last multiplication, so the same float as tract's
+        // `(q as i32 - zero_point) as f32 * scale`.
+        *x = (shifted(*x, q.scale, qzp).clamp(lo, hi) - dzp) * scale;
+    }
+}
+
 /// tract's QuantizeLinearU8, element-wise.
 pub fn quantize_u8(xs: &[f32], scale: f32, zero_point: i32, ys: &mut [u8]) {
     let zp = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        *y = shifted(*x, scale, zp).clamp(0.0, 255.0) as u8;
+        *y = low_byte(shifted(*x, scale, zp).clamp(0.0, 255.0));
     }
 }
 
@@ -167,7 +275,8 @@ pub fn quantize_u8(xs: &[f32], scale: f32, zero_point: i32, ys: &mut [u8]) {
 pub fn quantize_i8(xs: &[f32], scale: f32, zero_point: i32, ys: &mut [i8]) {
     let zp = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        *y = shifted(*x, scale, zp).clamp(-128.0, 127.0) as i8;
+        // Two's complement: the low byte of -1 is 0xff.
+        *y = low_byte(shifted(*x, scale, zp).clamp(-128.0, 127.0)) as i8;
     }
 }
 
@@ -213,6 +322,26 @@ mod tests {
                     quantize_linear_f32_i8(*x, scale, zero_point),
                     "i8 x={x} scale={scale} zp={zero_point}"
                 );
+            }
+        }
+        // Quantize then dequantize, fused, against tract's two steps.
+        for (signed, zero_point) in [(false, 131), (true, -7)] {
+            let q = QuantizeLinear {
+                scale: 1.0 / 0.0173,
+                zero_point,
+                signed,
+            };
+            let (scale, dq_zero_point) = (0.0173, zero_point);
+            let mut got = xs.clone();
+            fake_quantize(&mut got, &q, scale, dq_zero_point);
+            for (x, g) in xs.iter().zip(&got) {
+                let level = if signed {
+                    i32::from(quantize_linear_f32_i8(*x, q.scale, zero_point))
+                } else {
+                    i32::from(quantize_linear_f32_u8(*x, q.scale, zero_point))
+                };
+                let want = (level - dq_zero_point) as f32 * scale;
+                assert_eq!(g.to_bits(), want.to_bits(), "x={x} signed={signed}");
             }
         }
         let extremes = [f32::INFINITY, f32::MAX, f32::NEG_INFINITY, f32::MIN];
