@@ -11,8 +11,8 @@
 //! bit-identical to tract's (a test compares them, ties, NaN and infinities included). It is
 //! swapped in on the optimised model, after tract's own graph rewrites have seen its operator.
 //!
-//! Where a QuantizeLinear's only reader is a DequantizeLinear (the fake quantization of an
-//! activation), the pair becomes one [`FakeQuantize`]: one pass over the tensor, in place, instead
+//! Where a QuantizeLinear's readers are all DequantizeLinears with the same parameters (the fake
+//! quantization of an activation), they become one [`FakeQuantize`]: one pass over the tensor, in place, instead
 //! of an 8-bit tensor written and read back; the result is the same float, bit for bit.
 
 use tract_onnx::prelude::IntoTensor;
@@ -56,21 +56,33 @@ pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
             continue;
         }
         let input = patch.tap_model(&model, node.inputs[0])?;
-        let dequantize = model
-            .single_succ(node.id)?
-            .filter(|_| !observed.contains(&OutletId::new(node.id, 0)))
-            .and_then(|succ| Some((succ, succ.op_as::<DequantizeLinearF32>()?)));
-        if let Some((succ, dq)) = dequantize {
-            let fused = FakeQuantize {
-                quantize: op,
-                scale: dq.scale,
-                zero_point: dq.zero_point,
-            };
-            let output = patch.wire_node(&succ.name, fused, &[input])?;
-            patch.shunt_outside(&model, OutletId::new(succ.id, 0), output[0])?;
-        } else {
-            let output = patch.wire_node(&node.name, op, &[input])?;
-            patch.shunt_outside(&model, OutletId::new(node.id, 0), output[0])?;
+        // Every reader a DequantizeLinear with the same parameters (onnxruntime writes one per
+        // consumer of a quantized tensor): one fused op feeds them all.
+        let readers = model.all_succ(node.id)?.unwrap_or_default();
+        let dequantize: Option<Vec<(&_, &DequantizeLinearF32)>> = readers
+            .iter()
+            .map(|succ| Some((*succ, succ.op_as::<DequantizeLinearF32>()?)))
+            .collect();
+        let dequantize = dequantize.filter(|dqs| {
+            !observed.contains(&OutletId::new(node.id, 0))
+                && dqs.windows(2).all(|w| w[0].1 == w[1].1)
+        });
+        match dequantize.as_deref() {
+            Some([(first, dq), ..]) => {
+                let fused = FakeQuantize {
+                    quantize: op,
+                    scale: dq.scale,
+                    zero_point: dq.zero_point,
+                };
+                let output = patch.wire_node(&first.name, fused, &[input])?;
+                for (succ, _) in dequantize.iter().flatten() {
+                    patch.shunt_outside(&model, OutletId::new(succ.id, 0), output[0])?;
+                }
+            }
+            _ => {
+                let output = patch.wire_node(&node.name, op, &[input])?;
+                patch.shunt_outside(&model, OutletId::new(node.id, 0), output[0])?;
+            }
         }
         replaced += 1;
     }
