@@ -19,8 +19,9 @@ use tract_onnx::prelude::IntoTensor;
 use tract_onnx::prelude::{
     tvec, DatumType, IntoTValue, OutletId, TValue, TVec, Tensor, TractResult, TypedFact, TypedModel,
 };
-use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp};
+use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedNode, TypedOp};
 use tract_onnx::tract_core::model::TypedModelPatch;
+use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
@@ -56,15 +57,27 @@ pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
             continue;
         }
         let input = patch.tap_model(&model, node.inputs[0])?;
+        let mut observed_between = false;
         // Every reader a DequantizeLinear with the same parameters (onnxruntime writes one per
-        // consumer of a quantized tensor): one fused op feeds them all.
-        let readers = model.all_succ(node.id)?.unwrap_or_default();
+        // consumer of a quantized tensor), possibly behind one reshape tract moved between them:
+        // one fused op (and the reshape) feeds them all.
+        let mut readers = model.all_succ(node.id)?.unwrap_or_default();
+        let mut reshape = None;
+        if let [only] = readers.as_slice() {
+            let only: &TypedNode = only;
+            if let Some(op) = only.op_as::<IntoShape>() {
+                reshape = Some((only.name.clone(), op.clone()));
+                observed_between = observed.contains(&OutletId::new(only.id, 0));
+                readers = model.all_succ(only.id)?.unwrap_or_default();
+            }
+        }
         let dequantize: Option<Vec<(&_, &DequantizeLinearF32)>> = readers
             .iter()
             .map(|succ| Some((*succ, succ.op_as::<DequantizeLinearF32>()?)))
             .collect();
         let dequantize = dequantize.filter(|dqs| {
             !observed.contains(&OutletId::new(node.id, 0))
+                && !observed_between
                 && dqs.windows(2).all(|w| w[0].1 == w[1].1)
         });
         match dequantize.as_deref() {
@@ -74,7 +87,10 @@ pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
                     scale: dq.scale,
                     zero_point: dq.zero_point,
                 };
-                let output = patch.wire_node(&first.name, fused, &[input])?;
+                let mut output = patch.wire_node(&first.name, fused, &[input])?;
+                if let Some((name, op)) = reshape {
+                    output = patch.wire_node(name, op, &output)?;
+                }
                 for (succ, _) in dequantize.iter().flatten() {
                     patch.shunt_outside(&model, OutletId::new(succ.id, 0), output[0])?;
                 }
