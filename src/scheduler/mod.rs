@@ -544,12 +544,21 @@ fn work(shared: &Shared, me: usize) {
             }
             run(shared, &model, batch);
         }
-        shared.lock().adjust(&model.name, |l| {
-            l.in_flight = l.in_flight.saturating_sub(taken);
-            if running {
-                l.running = l.running.saturating_sub(1);
-            }
-        });
+        let waiting = {
+            let mut st = shared.lock();
+            st.adjust(&model.name, |l| {
+                l.in_flight = l.in_flight.saturating_sub(taken);
+                if running {
+                    l.running = l.running.saturating_sub(1);
+                }
+            });
+            st.total
+        };
+        if running && waiting > 0 {
+            // A worker may be waiting on this model's `workers` limit while this one goes on to
+            // another model's older request.
+            shared.ready.notify_one();
+        }
         busy.store(0, Ordering::Relaxed);
     }
 }

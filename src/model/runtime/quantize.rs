@@ -16,6 +16,8 @@ use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, Type
 use tract_onnx::tract_core::model::TypedModelPatch;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use super::quantize_linear::{low_byte, shifted};
+
 /// The name tract gives its own operator, which [`DynamicQuantizeU8`] replaces.
 const TRACT_OP: &str = "DynamicQuantizeLinearU8";
 
@@ -117,23 +119,12 @@ pub fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
 
 /// `y = saturate(round_half_even(x / scale) + zero_point)`, element-wise.
 pub fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
-    // Adding then subtracting 1.5 × 2²³ leaves a float rounded to an integer, half to even (the
-    // default rounding mode), for any |v| < 2²², far beyond the ±255 quantization produces.
-    const ROUND: f32 = 12_582_912.0;
+    // Rounded half to even by the 1.5 × 2²³ trick and read out of the float's mantissa, so that the
+    // loop vectorises (`quantize_linear.rs`). A NaN (a NaN input, or 0 / 0 for an all-zero tensor)
+    // becomes the zero point, as tract's cast makes it 0.
     let zero_point = f32::from(zero_point);
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        // NaN (a NaN input, or 0 / 0 for an all-zero tensor) becomes 0 as tract's cast makes it.
-        let r = x / scale;
-        #[allow(
-            clippy::eq_op,
-            reason = "r == r is false only for NaN, and compiles to a select"
-        )]
-        let r = if r == r { r.clamp(-512.0, 512.0) } else { 0.0 };
-        let rounded = (r + ROUND) - ROUND;
-        // An integer in 0..=255 now: read it out of the mantissa of 1.5 × 2²³ + it (a bit cast
-        // and a mask vectorise; a float → int `as` cast, which saturates, does not).
-        let v = (rounded + zero_point).clamp(0.0, 255.0);
-        *y = ((v + ROUND).to_bits() & 0xff) as u8;
+        *y = low_byte(shifted(x / scale, zero_point).clamp(0.0, 255.0));
     }
 }
 

@@ -252,13 +252,12 @@ impl TypedOp for FakeQuantize {
 /// default rounding mode) held in the low bits of the sum's mantissa.
 const ROUND: f32 = 12_582_912.0;
 
-/// `round_half_even(x · scale) + zero_point` before saturation, as a float: exact for the range
-/// that matters, and a NaN becomes `zero_point` as in tract (whose float → int cast makes it 0).
+/// `round_half_even(v) + zero_point` before saturation, as a float: exact for the range that
+/// matters (values beyond ±512 saturate either way, and the rounding trick is exact below 2²²), and
+/// a NaN becomes `zero_point` as in tract (whose float → int cast makes it 0). Shared with
+/// DynamicQuantizeLinear (`quantize.rs`), which divides by its scale where this multiplies.
 #[inline(always)]
-fn shifted(x: f32, scale: f32, zero_point: f32) -> f32 {
-    // Adding then subtracting 1.5 × 2²³ rounds to an integer, half to even (the default rounding
-    // mode), for |v| < 2²²; values beyond ±512 saturate either way.
-    let v = x * scale;
+pub(super) fn shifted(v: f32, zero_point: f32) -> f32 {
     #[allow(
         clippy::eq_op,
         reason = "v == v is false only for NaN, and compiles to a select"
@@ -271,7 +270,7 @@ fn shifted(x: f32, scale: f32, zero_point: f32) -> f32 {
 /// low bits of the float's mantissa; reading them back is a bit cast and a mask, where a float → int
 /// `as` cast is a saturating conversion that the compiler keeps scalar.
 #[inline(always)]
-fn low_byte(v: f32) -> u8 {
+pub(super) fn low_byte(v: f32) -> u8 {
     ((v + ROUND).to_bits() & 0xff) as u8
 }
 
@@ -287,7 +286,7 @@ pub fn fake_quantize(xs: &mut [f32], q: &QuantizeLinear, scale: f32, zero_point:
     for x in xs.iter_mut() {
         // Integers all the way to the last multiplication, so the same float as tract's
         // `(q as i32 - zero_point) as f32 * scale`.
-        *x = (shifted(*x, q.scale, qzp).clamp(lo, hi) - dzp) * scale;
+        *x = (shifted(*x * q.scale, qzp).clamp(lo, hi) - dzp) * scale;
     }
 }
 
@@ -295,7 +294,7 @@ pub fn fake_quantize(xs: &mut [f32], q: &QuantizeLinear, scale: f32, zero_point:
 pub fn quantize_u8(xs: &[f32], scale: f32, zero_point: i32, ys: &mut [u8]) {
     let zp = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        *y = low_byte(shifted(*x, scale, zp).clamp(0.0, 255.0));
+        *y = low_byte(shifted(*x * scale, zp).clamp(0.0, 255.0));
     }
 }
 
@@ -304,7 +303,7 @@ pub fn quantize_i8(xs: &[f32], scale: f32, zero_point: i32, ys: &mut [i8]) {
     let zp = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
         // Two's complement: the low byte of -1 is 0xff.
-        *y = low_byte(shifted(*x, scale, zp).clamp(-128.0, 127.0)) as i8;
+        *y = low_byte(shifted(*x * scale, zp).clamp(-128.0, 127.0)) as i8;
     }
 }
 
