@@ -481,7 +481,16 @@ fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(
         "{:?}",
         state("big")
     );
+    // The state is recorded while the rescan runs, the refusal message with the snapshot it
+    // publishes when it ends: wait for that, then every request for it gets the reason.
+    eventually("requests told why big is refused", || {
+        c.infer("big", None, &silero, None)
+            .unwrap_err()
+            .to_string()
+            .contains("does not fit the memory budget")
+    });
     let e = c.infer("big", None, &silero, None).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NOT_LOADED), "{e}");
     assert!(
         e.to_string().contains("does not fit the memory budget"),
         "{e}"
