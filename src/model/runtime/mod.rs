@@ -209,7 +209,7 @@ impl Prepared {
     pub fn into_runtime(self) -> Result<Runtime, String> {
         let weight_bytes = weight_bytes(&self.model);
         let typed = self.model.into_optimized().map_err(|e| format!("{e:#}"))?;
-        let (typed, _) = quantize_linear::swap_in(typed).map_err(|e| format!("{e:#}"))?;
+        let typed = quantize_linear::swap_in(typed).map_err(|e| format!("{e:#}"))?;
         let mut inputs = Vec::new();
         for (ix, outlet) in typed
             .input_outlets()

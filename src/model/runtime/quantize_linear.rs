@@ -8,12 +8,14 @@
 //! same function, `saturate(round_half_even(x · (1/scale)) + zero_point)` with tract's reciprocal
 //! scale, rounding with the 1.5 × 2²³ addition trick after clamping to ±512 (far past the range any
 //! 8-bit output keeps, and well inside the trick's exact range), so that it vectorises; results are
-//! bit-identical to tract's (a test compares them, ties, NaN and infinities included). It is
+//! bit-identical to tract's (a test compares them, ties and NaN included; past |x · scale| ≈ 2³¹,
+//! where tract's integer sum overflows, this one saturates). It is
 //! swapped in on the optimised model, after tract's own graph rewrites have seen its operator.
 //!
 //! Where a QuantizeLinear's readers are all DequantizeLinears with the same parameters (the fake
-//! quantization of an activation), they become one [`FakeQuantize`]: one pass over the tensor, in place, instead
-//! of an 8-bit tensor written and read back; the result is the same float, bit for bit.
+//! quantization of an activation), they become one [`FakeQuantize`]: one pass over the tensor, in
+//! place, instead of an 8-bit tensor written and read back; the result is the same float, bit for
+//! bit.
 
 use tract_onnx::prelude::IntoTensor;
 use tract_onnx::prelude::{
@@ -27,9 +29,8 @@ use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, 
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
 /// Replaces every f32-input QuantizeLinear of `model` (tract's `QuantizeLinearU8`/`I8`) with
-/// [`QuantizeLinear`], or with its DequantizeLinear with [`FakeQuantize`]; returns the model and
-/// how many it replaced.
-pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
+/// [`QuantizeLinear`], or with its DequantizeLinears with [`FakeQuantize`].
+pub fn swap_in(model: TypedModel) -> TractResult<TypedModel> {
     let mut patch = TypedModelPatch::default();
     let mut replaced = 0usize;
     let observed = model.output_outlets()?.to_vec();
@@ -103,11 +104,11 @@ pub fn swap_in(model: TypedModel) -> TractResult<(TypedModel, usize)> {
         replaced += 1;
     }
     if replaced == 0 {
-        return Ok((model, 0));
+        return Ok(model);
     }
     let mut model = model;
     patch.apply(&mut model)?;
-    Ok((model.into_compact()?, replaced))
+    model.into_compact()
 }
 
 /// ONNX QuantizeLinear from f32, per tensor, to u8 or i8.
