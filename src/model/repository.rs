@@ -566,13 +566,29 @@ impl Repository {
                     .push(Arc::clone(old));
             }
         }
-        if changes.swapped()
-            || current.on_demand() != &on_demand
-            || current.scheduling_all() != &scheduling
-        {
+        let retuned: Vec<&str> = scheduling
+            .iter()
+            .filter(|(name, s)| current.scheduling_all().get(*name) != Some(*s))
+            .map(|(name, _)| name.as_str())
+            .chain(
+                current
+                    .scheduling_all()
+                    .keys()
+                    .filter(|name| !scheduling.contains_key(*name))
+                    .map(String::as_str),
+            )
+            .collect();
+        if changes.swapped() || current.on_demand() != &on_demand || !retuned.is_empty() {
+            if !strict && !retuned.is_empty() {
+                log::info!("scheduling settings changed for [{}]", retuned.join(", "));
+            }
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(
                 Registry::from_parts(models, defaults, on_demand, scheduling),
             );
+        }
+        // A new snapshot that only carries new scheduling settings or on-demand reasons serves the
+        // same versions: it is not a swap (not counted, not logged as one, no pages to lock).
+        if changes.swapped() {
             self.book
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -139,6 +139,7 @@ fn a_busy_model_holds_a_partial_batch_and_an_idle_one_never_waits() {
     );
 }
 
+#[cfg(feature = "intra-op-threads")]
 #[test]
 fn a_model_with_intra_op_threads_computes_the_same_outputs() {
     let models = repository("threads", "other", "threads = 2\n");
@@ -155,4 +156,39 @@ fn a_model_with_intra_op_threads_computes_the_same_outputs() {
     let b = two.runtime.run(vec![batch]).unwrap();
     assert_eq!(a, b);
     assert_eq!(a[0].shape, vec![4096]);
+}
+
+#[test]
+fn new_settings_apply_at_the_next_rescan_without_a_swap() {
+    let models = repository("retune", "digits-mlp", "max_in_flight = 2\n");
+    let before = models.snapshot();
+    assert_eq!(before.scheduling("digits-mlp").max_in_flight, Some(2));
+    let swaps = models.counters().1;
+    let root =
+        std::env::temp_dir().join(format!("inferd-it-permodel-retune-{}", std::process::id()));
+    std::fs::write(
+        root.join("digits-mlp/serving.toml"),
+        "max_in_flight = 1\nmax_delay_ms = 2\n",
+    )
+    .unwrap();
+    let changes = models.rescan().unwrap();
+    assert!(!changes.swapped(), "{changes:?}");
+    let after = models.snapshot();
+    let knobs = after.scheduling("digits-mlp");
+    assert_eq!(knobs.max_in_flight, Some(1));
+    assert_eq!(knobs.max_delay, Duration::from_millis(2));
+    // The same loaded versions serve: nothing was reloaded, and it does not count as a swap.
+    assert!(Arc::ptr_eq(
+        &before.get("digits-mlp", None).unwrap(),
+        &after.get("digits-mlp", None).unwrap()
+    ));
+    assert_eq!(models.counters().1, swaps);
+    // Removing the file restores the defaults, again without a swap.
+    std::fs::remove_file(root.join("digits-mlp/serving.toml")).unwrap();
+    assert!(!models.rescan().unwrap().swapped());
+    assert_eq!(
+        models.snapshot().scheduling("digits-mlp").max_in_flight,
+        None
+    );
+    assert_eq!(models.counters().1, swaps);
 }
