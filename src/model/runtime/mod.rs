@@ -70,9 +70,13 @@ pub struct ImportPhases {
 /// never read.
 pub const ENGINE: &str = concat!("tract-", "0.23.9");
 
-fn nnef() -> tract_nnef::framework::Nnef {
+/// tract's NNEF framework with its own and the ONNX operator sets. Built once per process: building it
+/// parses NNEF's standard library and registers every operator (milliseconds, more than reading a
+/// small model).
+fn nnef() -> &'static tract_nnef::framework::Nnef {
     use tract_onnx_opl::WithOnnx;
-    tract_nnef::nnef().with_tract_resource().with_onnx()
+    static NNEF: std::sync::OnceLock<tract_nnef::framework::Nnef> = std::sync::OnceLock::new();
+    NNEF.get_or_init(|| tract_nnef::nnef().with_tract_resource().with_onnx())
 }
 
 impl Prepared {
@@ -311,18 +315,27 @@ impl Runtime {
             self.executor = None;
             return Ok(());
         }
-        // tract panics when the pool cannot be built (threads refused by the system).
-        let pool = std::panic::catch_unwind(|| {
-            multithread::Executor::multithread_with_name(threads, "inferd-intra-op")
-        })
-        .map_err(|_| format!("cannot start {threads} intra-op threads"))?;
-        self.executor = Some(pool);
-        Ok(())
+        #[cfg(feature = "intra-op-threads")]
+        {
+            // tract panics when the pool cannot be built (threads refused by the system).
+            let pool = std::panic::catch_unwind(|| {
+                multithread::Executor::multithread_with_name(threads, "inferd-intra-op")
+            })
+            .map_err(|_| format!("cannot start {threads} intra-op threads"))?;
+            self.executor = Some(pool);
+            Ok(())
+        }
+        #[cfg(not(feature = "intra-op-threads"))]
+        Err(format!(
+            "threads = {threads}: this inferd was built without intra-op threads \
+             (cargo feature `intra-op-threads`)"
+        ))
     }
 
     /// Threads one execution may use.
     pub fn threads(&self) -> usize {
         match &self.executor {
+            #[cfg(feature = "intra-op-threads")]
             Some(multithread::Executor::MultiThread(pool)) => pool.current_num_threads(),
             _ => 1,
         }
