@@ -194,6 +194,16 @@ impl ServingFile {
                 .map(Duration::from_millis),
             threads: count(within("threads", raw.threads, 1..=256)?),
         };
+        // Refused here rather than when a version loads: the error then names serving.toml, and
+        // the file is read again at every rescan (a failed load waits for the model's files).
+        if let Some(n) = scheduling.threads.filter(|&n| n > 1) {
+            if !cfg!(feature = "intra-op-threads") {
+                return Err(format!(
+                    "threads = {n}: this inferd was built without intra-op threads \
+                     (cargo feature `intra-op-threads`)"
+                ));
+            }
+        }
         Ok(ServingFile {
             versions,
             default_version: raw.default_version,
@@ -250,9 +260,26 @@ mod tests {
     }
 
     #[test]
+    fn threads_above_one_need_the_intra_op_threads_feature() {
+        let parsed = ServingFile::parse("threads = 2");
+        if cfg!(feature = "intra-op-threads") {
+            assert_eq!(parsed.unwrap().scheduling.threads, Some(2));
+        } else {
+            assert!(parsed.unwrap_err().contains("intra-op-threads"));
+        }
+        assert_eq!(
+            ServingFile::parse("threads = 1")
+                .unwrap()
+                .scheduling
+                .threads,
+            Some(1)
+        );
+    }
+
+    #[test]
     fn reads_scheduling_knobs_and_refuses_out_of_range_ones() {
         let f = ServingFile::parse(
-            "workers = 1\nmax_in_flight = 8\nmax_delay_ms = 2\ndeadline_ms = 50\nthreads = 2",
+            "workers = 1\nmax_in_flight = 8\nmax_delay_ms = 2\ndeadline_ms = 50\nthreads = 1",
         )
         .unwrap();
         assert_eq!(
@@ -262,7 +289,7 @@ mod tests {
                 max_in_flight: Some(8),
                 max_delay: Duration::from_millis(2),
                 deadline: Some(Duration::from_millis(50)),
-                threads: Some(2),
+                threads: Some(1),
             }
         );
         assert_eq!(

@@ -122,7 +122,7 @@ struct Book {
     versions: BTreeMap<(String, u32), Entry>,
     /// Failed loads since start, by model (`inferd_model_load_failures_total`).
     failures: BTreeMap<String, u64>,
-    /// Snapshots swapped in since start (`inferd_model_swaps_total`).
+    /// Changes of the served set (versions loaded or unloaded) since start (`inferd_model_swaps_total`).
     swaps: u64,
     /// Models whose `serving.toml` says `pinned = false`.
     unpinned: BTreeSet<String>,
@@ -579,8 +579,18 @@ impl Repository {
             )
             .collect();
         if changes.swapped() || current.on_demand() != &on_demand || !retuned.is_empty() {
+            // Models that came or went are in the swap line below; log the ones that stayed.
+            let stayed = |name: &&str| {
+                let moved = |v: &[(String, u32)]| v.iter().any(|(n, _)| n == *name);
+                !moved(&changes.loaded) && !moved(&changes.unloaded)
+            };
+            let retuned: Vec<&str> = retuned.into_iter().filter(stayed).collect();
             if !strict && !retuned.is_empty() {
-                log::info!("scheduling settings changed for [{}]", retuned.join(", "));
+                log::info!(
+                    "scheduling settings changed for [{}] (a new `threads` applies when a version \
+                     next loads)",
+                    retuned.join(", ")
+                );
             }
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(
                 Registry::from_parts(models, defaults, on_demand, scheduling),

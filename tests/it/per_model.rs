@@ -17,6 +17,11 @@ use crate::raw::{Got, Raw};
 /// A repository with shipped digits-mlp as `digits-mlp` and again as `other`, `serving` being the
 /// `serving.toml` of the one named `knobs`.
 fn repository(tag: &str, knobs: &str, serving: &str) -> Arc<Repository> {
+    repository_at(tag, knobs, serving).1
+}
+
+/// [`repository`], with the repository's folder.
+fn repository_at(tag: &str, knobs: &str, serving: &str) -> (PathBuf, Arc<Repository>) {
     let root: PathBuf =
         std::env::temp_dir().join(format!("inferd-it-permodel-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -33,7 +38,8 @@ fn repository(tag: &str, knobs: &str, serving: &str) -> Arc<Repository> {
         }
     }
     std::fs::write(root.join(knobs).join("serving.toml"), serving).unwrap();
-    Arc::new(Repository::open(&root, Settings::default()).unwrap())
+    let repository = Arc::new(Repository::open(&root, Settings::default()).unwrap());
+    (root, repository)
 }
 
 fn result_id(raw: &mut Raw) -> u32 {
@@ -160,12 +166,10 @@ fn a_model_with_intra_op_threads_computes_the_same_outputs() {
 
 #[test]
 fn new_settings_apply_at_the_next_rescan_without_a_swap() {
-    let models = repository("retune", "digits-mlp", "max_in_flight = 2\n");
+    let (root, models) = repository_at("retune", "digits-mlp", "max_in_flight = 2\n");
     let before = models.snapshot();
     assert_eq!(before.scheduling("digits-mlp").max_in_flight, Some(2));
     let swaps = models.counters().1;
-    let root =
-        std::env::temp_dir().join(format!("inferd-it-permodel-retune-{}", std::process::id()));
     std::fs::write(
         root.join("digits-mlp/serving.toml"),
         "max_in_flight = 1\nmax_delay_ms = 2\n",
