@@ -566,6 +566,10 @@ impl Repository {
                     .push(Arc::clone(old));
             }
         }
+        // Models whose knobs changed while their versions stayed. A model with versions loaded or
+        // unloaded is left out: it is named in the swap line below, and the swap publishes anyway.
+        let moved =
+            |name: &str| (changes.loaded.iter().chain(&changes.unloaded)).any(|(n, _)| n == name);
         let retuned: Vec<&str> = scheduling
             .iter()
             .filter(|(name, s)| current.scheduling_all().get(*name) != Some(*s))
@@ -577,14 +581,9 @@ impl Repository {
                     .filter(|name| !scheduling.contains_key(*name))
                     .map(String::as_str),
             )
+            .filter(|name| !moved(name))
             .collect();
         if changes.swapped() || current.on_demand() != &on_demand || !retuned.is_empty() {
-            // Models that came or went are in the swap line below; log the ones that stayed.
-            let stayed = |name: &&str| {
-                let moved = |v: &[(String, u32)]| v.iter().any(|(n, _)| n == *name);
-                !moved(&changes.loaded) && !moved(&changes.unloaded)
-            };
-            let retuned: Vec<&str> = retuned.into_iter().filter(stayed).collect();
             if !strict && !retuned.is_empty() {
                 log::info!(
                     "scheduling settings changed for [{}] (a new `threads` applies when a version \
