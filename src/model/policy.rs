@@ -199,8 +199,8 @@ impl ServingFile {
         if let Some(n) = scheduling.threads.filter(|&n| n > 1) {
             if !cfg!(feature = "intra-op-threads") {
                 return Err(format!(
-                    "threads = {n}: this inferd was built without intra-op threads \
-                     (cargo feature `intra-op-threads`)"
+                    "threads = {n}: {}",
+                    super::runtime::NO_INTRA_OP_THREADS
                 ));
             }
         }

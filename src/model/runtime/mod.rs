@@ -26,6 +26,11 @@ mod quantize_linear;
 mod traps;
 mod weights;
 
+/// Why a build without the `intra-op-threads` cargo feature refuses `threads` above 1 (in
+/// `serving.toml`, and here if a caller asks anyway).
+pub const NO_INTRA_OP_THREADS: &str =
+    "this inferd was built without intra-op threads (cargo feature `intra-op-threads`)";
+
 /// A loaded, optimised model, ready to run on any thread.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -326,10 +331,7 @@ impl Runtime {
             Ok(())
         }
         #[cfg(not(feature = "intra-op-threads"))]
-        Err(format!(
-            "threads = {threads}: this inferd was built without intra-op threads \
-             (cargo feature `intra-op-threads`)"
-        ))
+        Err(format!("threads = {threads}: {NO_INTRA_OP_THREADS}"))
     }
 
     /// Threads one execution may use.
