@@ -270,10 +270,11 @@ impl Repository {
     /// # Errors
     /// If the thread cannot be started.
     ///
-    /// The thread runs at a lower CPU priority (nice 19): a load is a burst of milliseconds of CPU
-    /// that, at normal priority, preempts a busy inference worker or the I/O thread on a gateway
-    /// with two cores and shows as tail latency; at nice 19 it mostly yields to them and still finishes,
-    /// with what CPU the serving threads leave, under full load (`benches/lifecycle.rs` measures both).
+    /// The thread runs at background priority (`SCHED_IDLE`, else nice 19): a load is a burst of
+    /// milliseconds of CPU that, at normal priority, preempts a busy inference worker or the I/O
+    /// thread on a gateway with two cores and shows as tail latency; in the background it yields to
+    /// them and still finishes, with what CPU the serving threads leave, under full load
+    /// (`benches/lifecycle.rs` measures both).
     pub fn watch(self: &Arc<Self>, poll: Option<Duration>) -> std::io::Result<Rescans> {
         let (tx, rx) = mpsc::sync_channel::<Ask>(1);
         let repo = Arc::clone(self);
@@ -838,9 +839,25 @@ fn lock_resident() -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Lowers the calling thread's CPU priority to nice 19 (see [`Repository::watch`]). Lowering needs
-/// no privilege; where a system-call filter refuses it, loads simply run at normal priority.
+/// Moves the calling thread to `SCHED_IDLE` (see [`Repository::watch`]), or to nice 19 where that is
+/// refused. Both need no privilege; where a system-call filter refuses both, loads simply run at
+/// normal priority.
+///
+/// Why `SCHED_IDLE` rather than only nice 19: at nice 19 the loader still runs out its slice when an
+/// inference worker wakes (~1.5 ms on two CPUs with EEVDF), which showed as a 3.7–4× p99 while a
+/// swap was loading. The scheduler preempts a `SCHED_IDLE` thread as soon as any normal thread
+/// wakes on its CPU, and still gives it a small share of a saturated CPU, so a load finishes under
+/// full load, only later.
 fn background_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        Ok(()) => return,
+        Err(e) => log::debug!("cannot move the model loader to SCHED_IDLE ({e:?}); trying nice 19"),
+    }
     let me = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
         log::debug!("cannot lower the model loader's priority ({e}); loading at normal priority");

@@ -345,6 +345,46 @@ fn the_folder_watch_serves_a_dropped_in_version_and_inferd_models_shows_why() {
     server.stop();
 }
 
+/// The loader runs at background priority so that a load never delays a waking inference worker:
+/// `SCHED_IDLE` (policy 5), which the scheduler preempts as soon as a normal thread wakes.
+#[test]
+fn the_model_loader_thread_runs_at_idle_scheduling_policy() {
+    const SCHED_IDLE: u32 = 5;
+    let loader_policies = || {
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            // A thread may end between the listing and the reads.
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(task.join("comm")),
+                std::fs::read_to_string(task.join("stat")),
+            ) else {
+                continue;
+            };
+            if comm.trim() == "inferd-models" {
+                // Fields after "pid (comm)" start at field 3; `policy` is field 41 (proc(5)).
+                let rest = &stat[stat.rfind(')').unwrap() + 1..];
+                policies.push(
+                    rest.split_whitespace()
+                        .nth(41 - 3)
+                        .unwrap()
+                        .parse::<u32>()
+                        .unwrap(),
+                );
+            }
+        }
+        policies
+    };
+    let server = TestServer::start();
+    // The thread sets its policy as it starts; other tests' servers run in this process too, so
+    // every loader thread found must be idle.
+    eventually("every loader thread at SCHED_IDLE", || {
+        let policies = loader_policies();
+        !policies.is_empty() && policies.iter().all(|&p| p == SCHED_IDLE)
+    });
+    server.stop();
+}
+
 #[test]
 fn warm_up_runs_before_a_version_serves_even_without_a_sample() {
     let repo = temp_repo("warm");
