@@ -5,15 +5,24 @@
 //! `cargo bench --bench serving [-- MODEL...]` (default: ppocr-cls silero-vad digits-mlp). Prints
 //! ratios; the load generator shares the machine's cores with the server, as a client on the same
 //! gateway would.
+//!
+//! `-- --pinned`: the comparison the throughput issue asks for, "same model, same cores", with the
+//! load generator kept off them. CPU 0 runs the ceiling (one thread) and then the daemon (the
+//! `inferd` binary as a child process under `taskset -c 0`, one inference worker, its I/O thread on
+//! the same CPU); the load generator runs on the other CPUs. Needs two CPUs and `taskset`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "a benchmark that cannot set up should stop"
 )]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustix::thread::{sched_setaffinity, CpuSet};
 
 use inferd::client::ClientOptions;
 use inferd::config::{ServeArgs, ServeConfig};
@@ -29,8 +38,25 @@ fn sample(dir: &Path) -> Vec<HostTensor> {
     inferd::npy::read_folder(&dir.join("sample")).unwrap()
 }
 
-/// `WORKERS` threads calling the model directly for `secs`: requests per second and median latency.
-fn ceiling(registry: &Registry, model: &str, inputs: &[HostTensor], secs: f64) -> (f64, Duration) {
+/// Restricts the calling thread (and the threads it starts afterwards) to `cpus`.
+fn pin(cpus: impl IntoIterator<Item = usize>) {
+    let mut set = CpuSet::new();
+    for cpu in cpus {
+        set.set(cpu);
+    }
+    sched_setaffinity(None, &set).unwrap();
+}
+
+/// `workers` threads calling the model directly for `secs` (each restricted to `cpus` if given):
+/// requests per second and median latency.
+fn ceiling(
+    registry: &Registry,
+    model: &str,
+    inputs: &[HostTensor],
+    secs: f64,
+    workers: usize,
+    cpus: Option<&'static [usize]>,
+) -> (f64, Duration) {
     let served = registry.get(model, None).unwrap();
     // The model takes inputs in its declared order.
     let ordered: Vec<HostTensor> = served
@@ -40,10 +66,13 @@ fn ceiling(registry: &Registry, model: &str, inputs: &[HostTensor], secs: f64) -
         .map(|spec| inputs.iter().find(|t| t.name == spec.name).unwrap().clone())
         .collect();
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let threads: Vec<_> = (0..WORKERS)
+    let threads: Vec<_> = (0..workers)
         .map(|_| {
             let (served, ordered) = (Arc::clone(&served), ordered.clone());
             std::thread::spawn(move || {
+                if let Some(cpus) = cpus {
+                    pin(cpus.iter().copied());
+                }
                 let mut times = Vec::new();
                 while Instant::now() < end {
                     let t = Instant::now();
@@ -88,8 +117,53 @@ fn load(
     loadgen::run(&plan).unwrap()
 }
 
+/// The server under load: in this process, or the `inferd` binary as a child (`--pinned`).
+enum Daemon {
+    InProcess(inferd::server::ServerHandle, std::thread::JoinHandle<()>),
+    Child(Child),
+}
+
+/// The daemon as a child process on CPU 0 with one worker, serving `models`: the child and its
+/// address.
+fn spawn_pinned_daemon(models: &Path) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            env!("CARGO_BIN_EXE_inferd"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "off", "--workers", "1", "--models"])
+        .arg(models)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("taskset (util-linux) and the inferd binary");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the daemon stopped before listening")
+            .unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    };
+    // Keep reading its log so that the pipe never fills.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let pinned = std::env::args().any(|a| a == "--pinned");
     let models: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -105,27 +179,44 @@ fn main() {
     };
     let repository = Arc::new(Repository::open(&root.join("models"), Settings::default()).unwrap());
     let registry = repository.snapshot();
-    let args = ServeArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        models: Some(root.join("models")),
-        workers: Some(WORKERS),
-        ..ServeArgs::default()
-    };
-    let server = Server::bind(
-        ServeConfig::resolve(&args).unwrap(),
-        Arc::clone(&repository),
-    )
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let handle = server.handle();
-    let thread = std::thread::spawn(move || server.run());
 
-    println!(
-        "# inferd vs its in-process ceiling ({WORKERS} workers, load generator on the same cores)"
-    );
+    const SERVER_CPUS: &[usize] = &[0];
+    let (workers, ceiling_cpus, addr, mut daemon) = if pinned {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert!(cpus >= 2, "--pinned needs two CPUs");
+        // The load generator (this thread and the ones it starts) off the server's CPU.
+        pin(1..cpus);
+        let (child, addr) = spawn_pinned_daemon(&root.join("models"));
+        println!(
+            "# inferd vs its in-process ceiling, pinned: ceiling and daemon (1 worker) on CPU 0, load generator on CPUs 1-{}",
+            cpus - 1
+        );
+        (1, Some(SERVER_CPUS), addr, Daemon::Child(child))
+    } else {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            models: Some(root.join("models")),
+            workers: Some(WORKERS),
+            ..ServeArgs::default()
+        };
+        let server = Server::bind(
+            ServeConfig::resolve(&args).unwrap(),
+            Arc::clone(&repository),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let handle = server.handle();
+        let thread = std::thread::spawn(move || server.run());
+        println!(
+            "# inferd vs its in-process ceiling ({WORKERS} workers, load generator on the same cores)"
+        );
+        (WORKERS, None, addr, Daemon::InProcess(handle, thread))
+    };
+
     for model in &models {
         let inputs = sample(&root.join("models").join(model).join("1"));
-        let (ceiling_rps, ceiling_p50) = ceiling(&registry, model, &inputs, 3.0);
+        let (ceiling_rps, ceiling_p50) =
+            ceiling(&registry, model, &inputs, 3.0, workers, ceiling_cpus);
         let sat = load(addr, model, &inputs, None, 5.0);
         let half = load(addr, model, &inputs, Some(sat.throughput_rps * 0.5), 5.0);
         let errors: u64 = sat.errors.values().chain(half.errors.values()).sum();
@@ -140,6 +231,14 @@ fn main() {
             half.p99_us as f64 - ceiling_p50.as_secs_f64() * 1e6,
         );
     }
-    handle.shutdown();
-    thread.join().unwrap();
+    match &mut daemon {
+        Daemon::Child(child) => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        Daemon::InProcess(handle, _) => handle.shutdown(),
+    }
+    if let Daemon::InProcess(_, thread) = daemon {
+        thread.join().unwrap();
+    }
 }

@@ -359,7 +359,7 @@ impl Server {
             let stop = stop_rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("inferd-io-{i}"))
-                .spawn(move || future::block_on(ex.run(async { stop.recv().await.ok() })));
+                .spawn(move || async_io::block_on(ex.run(async { stop.recv().await.ok() })));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => log::warn!("could not start I/O thread {i}: {e}; continuing with fewer"),
@@ -391,7 +391,11 @@ impl Server {
                 ctx.shutdown.stop();
             })
         };
-        future::block_on(executor.run(async {
+        // `async_io::block_on`: while its tasks wait, this thread polls the reactor itself, so a
+        // socket event wakes the task on the thread that saw it rather than through async-io's
+        // own reactor thread (one thread wake-up and context switch fewer per event; on a
+        // gateway with two cores that was 16 % of the CPU under load, doc/BENCHMARKS.md).
+        async_io::block_on(executor.run(async {
             let plain_loop = async {
                 if let Some(listener) = plain {
                     accept_loop(&listener, &ctx, &executor, Listener::Plain).await;
