@@ -393,8 +393,8 @@ impl Server {
         };
         // `async_io::block_on`: while its tasks wait, this thread polls the reactor itself, so a
         // socket event wakes the task on the thread that saw it rather than through async-io's
-        // own reactor thread (one thread wake-up and context switch fewer per event; on a
-        // gateway with two cores that was 16 % of the CPU under load, doc/BENCHMARKS.md).
+        // own reactor thread: one thread wake-up and context switch fewer per event, which on one
+        // core raised the fast models' saturation 1.25-1.4x (doc/BENCHMARKS.md, pinned section).
         async_io::block_on(executor.run(async {
             let plain_loop = async {
                 if let Some(listener) = plain {
