@@ -59,6 +59,7 @@ pause=$(printf '%d.%03d' $(( interval_ms / 1000 )) $(( interval_ms % 1000 )))
 poll_swaps
 base=$swaps_done
 start=$(date +%s.%N)
+tenth_at=$(( swaps >= 10 ? swaps / 10 : 1 ))
 for ((i = 1; i <= swaps; i++)); do
   echo "versions = [$(( i % 2 == 1 ? 2 : 1 ))]" > "$repo/digits/serving.toml"
   kill -HUP "$pid"
@@ -70,7 +71,7 @@ for ((i = 1; i <= swaps; i++)); do
   [ "$swaps_done" -ge $(( base + i )) ] || { echo "swap $i did not happen" >&2; exit 1; }
   nap "$pause"
   [ "$i" -eq 1 ] && first=$(rss_kib)
-  [ "$i" -eq $(( swaps / 10 )) ] && tenth=$(rss_kib)
+  [ "$i" -eq "$tenth_at" ] && tenth=$(rss_kib)
 done
 last=$(rss_kib)
 secs=$(echo "$(date +%s.%N) - $start" | bc)
@@ -106,4 +107,4 @@ print(f"during the swaps: {ok} answered in {len(during)} rounds of 2 s, errors {
 PY
 awk -v f="$first" -v t="$tenth" -v l="$last" 'BEGIN {
   printf "RSS after the first swap %.1f MiB, after swap %d %.1f MiB, after the last %.1f MiB: last / first %.3fx, last / tenth %.3fx\n",
-    f / 1024, '"$(( swaps / 10 ))"', t / 1024, l / 1024, l / f, l / t }'
+    f / 1024, '"$tenth_at"', t / 1024, l / 1024, l / f, l / t }'
