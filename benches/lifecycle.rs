@@ -1,10 +1,10 @@
 //! Model lifecycle figures, in one run (`cargo bench --bench lifecycle`):
 //!
 //! 1. where each shipped model's start-up time goes (ONNX parse, typing, declutter, optimisation, the
-//!    first warm-up run), and what a prepared form would save: the same model read back from tract's
-//!    NNEF serialisation and optimised, as a ratio to the ONNX path;
+//!    first warm-up run), and what the prepared-model cache saves: the same model read back from
+//!    tract's NNEF serialisation and optimised as the cache does, as a ratio to the ONNX path;
 //! 2. process start → ready (`inferd serve` on the shipped repository, until /health/ready answers 200),
-//!    median of 5;
+//!    median of 5, without the prepared-model cache, with an empty one, and with a warm one;
 //! 3. the first request after ready against the steady-state p50, per shipped model, with warm-up on
 //!    (the default) and off;
 //! 4. 1,000 swaps between two versions (the model's `serving.toml` alternating `versions = [2]` and
@@ -82,7 +82,9 @@ fn sample(dir: &Path) -> Vec<HostTensor> {
 
 /// Best of 5 of each phase, so that one preempted run does not decide.
 fn start_up_phases(root: &Path) {
-    println!("# 1. start-up phases per model, best of 5 (ms); 'NNEF' = read the prepared form + optimise");
+    println!(
+        "# 1. start-up phases per model, best of 5 (ms); 'NNEF' = read the cached form + optimise"
+    );
     println!(
         "{:<16} {:>7} {:>7} {:>9} {:>9} {:>8} {:>10} {:>9} {:>10} {:>12}",
         "model",
@@ -113,6 +115,7 @@ fn start_up_phases(root: &Path) {
             let (prepared, phases) = Prepared::from_onnx(&bytes, facts).unwrap();
             let archive = prepared.to_nnef().ok();
             let outputs = prepared.output_names().to_vec();
+            let repairs = prepared.repairs().to_vec();
             let t = Instant::now();
             let runtime = prepared.into_runtime().unwrap();
             let optimise = t.elapsed();
@@ -137,7 +140,7 @@ fn start_up_phases(root: &Path) {
             }
             if let Some(archive) = archive {
                 let t = Instant::now();
-                let back = Prepared::from_nnef(&archive, outputs).unwrap();
+                let back = Prepared::from_nnef(&archive, outputs, repairs).unwrap();
                 nnef_read = nnef_read.min(t.elapsed());
                 back.into_runtime().unwrap();
                 nnef_total = nnef_total.min(t.elapsed());
@@ -171,8 +174,9 @@ fn start_up_phases(root: &Path) {
     }
 }
 
-/// Spawns the daemon and polls /health/ready; returns spawn → 200.
-fn start_to_ready(root: &Path) -> Duration {
+/// Spawns the daemon with `--model-cache cache` (a folder or `off`) and polls /health/ready;
+/// returns spawn → 200.
+fn start_to_ready(root: &Path, cache: &Path) -> Duration {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
         .args([
@@ -184,6 +188,9 @@ fn start_to_ready(root: &Path) -> Duration {
             "--models",
         ])
         .arg(root.join("models"))
+        .arg("--model-cache")
+        .arg(cache)
+        .env_remove("CACHE_DIRECTORY")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -213,9 +220,25 @@ fn start_to_ready(root: &Path) -> Duration {
         std::thread::sleep(Duration::from_millis(1));
     }
     let took = started.elapsed();
+    if cache != Path::new("off") {
+        // The entries are written after ready, by the model watch thread: let it finish (the
+        // three float models; tract cannot write the int8 QDQ ones).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cache_entries(cache) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
     took
+}
+
+fn cache_entries(cache: &Path) -> usize {
+    std::fs::read_dir(cache).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.path().join("entry.json").is_file())
+            .count()
+    })
 }
 
 fn first_request_vs_steady(root: &Path, warmup_runs: u32) {
@@ -472,12 +495,33 @@ fn main() {
     }
     if run("2") {
         println!("\n# 2. process start -> /health/ready 200, all shipped models loaded and warm");
-        let times: Vec<Duration> = (0..5).map(|_| start_to_ready(&root)).collect();
-        let shown: Vec<String> = times.iter().map(|t| format!("{:.0}", ms(*t))).collect();
+        // Interleaved, so that the machine's drift hits the three alike: no cache; an empty cache
+        // folder (every model imported, entries written); the same folder again (read back).
+        let cache = std::env::temp_dir().join(format!("inferd-bench-cache-{}", std::process::id()));
+        let (mut off, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            off.push(start_to_ready(&root, Path::new("off")));
+            let _ = std::fs::remove_dir_all(&cache);
+            cold.push(start_to_ready(&root, &cache));
+            warm.push(start_to_ready(&root, &cache));
+        }
+        let _ = std::fs::remove_dir_all(&cache);
+        for (what, times) in [
+            ("no cache", &off),
+            ("empty cache (import + write)", &cold),
+            ("warm cache", &warm),
+        ] {
+            let shown: Vec<String> = times.iter().map(|t| format!("{:.0}", ms(*t))).collect();
+            println!(
+                "{what:<30} median {:>5.0} ms (runs: {} ms)",
+                ms(median(times.clone())),
+                shown.join(", ")
+            );
+        }
         println!(
-            "median {:.0} ms (runs: {} ms)",
-            ms(median(times.clone())),
-            shown.join(", ")
+            "no cache / warm cache: {:.2}x; empty cache / no cache: {:.2}x",
+            median(off.clone()).as_secs_f64() / median(warm.clone()).as_secs_f64(),
+            median(cold.clone()).as_secs_f64() / median(off.clone()).as_secs_f64()
         );
     }
     if run("3") {

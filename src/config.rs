@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// CAP_IPC_LOCK or a large enough RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit). [default: false]
     #[arg(long, env = "INFERD_LOCK_MEMORY")]
     pub lock_memory: Option<bool>,
+    /// Folder of the prepared-model cache (each version's imported graph, so that a restart skips
+    /// the ONNX import), or `off`. [default: $CACHE_DIRECTORY, which systemd's CacheDirectory=
+    /// sets; else off]
+    #[arg(long, env = "INFERD_MODEL_CACHE")]
+    pub model_cache: Option<PathBuf>,
     /// TOML file with any of these settings (snake_case keys); flags and environment win over it.
     #[arg(long, env = "INFERD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -152,6 +157,7 @@ struct FileConfig {
     model_poll_ms: Option<u64>,
     model_memory_mb: Option<u64>,
     lock_memory: Option<bool>,
+    model_cache: Option<PathBuf>,
     workers: Option<usize>,
     io_threads: Option<usize>,
     max_connections: Option<usize>,
@@ -348,6 +354,10 @@ impl ServeConfig {
                     mib => Some(mib.saturating_mul(1 << 20)),
                 },
                 lock_memory: args.lock_memory.or(file.lock_memory).unwrap_or(false),
+                cache_dir: model_cache(
+                    args.model_cache.clone().or(file.model_cache),
+                    std::env::var_os("CACHE_DIRECTORY"),
+                ),
             },
             model_poll: match args.model_poll_ms.or(file.model_poll_ms).unwrap_or(2_000) {
                 0 => None,
@@ -482,6 +492,19 @@ impl ServeConfig {
     }
 }
 
+/// The cache folder: the setting (`off` turns it off), else the first folder of systemd's
+/// `CACHE_DIRECTORY` (colon-separated when a unit names several), else none.
+fn model_cache(setting: Option<PathBuf>, systemd: Option<std::ffi::OsString>) -> Option<PathBuf> {
+    match setting {
+        Some(dir) if dir.as_os_str() == "off" => None,
+        Some(dir) => Some(dir),
+        None => systemd
+            .as_ref()
+            .and_then(|v| std::env::split_paths(v).next())
+            .filter(|dir| !dir.as_os_str().is_empty()),
+    }
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -555,6 +578,24 @@ mod tests {
         };
         assert!(ServeConfig::resolve(&nothing).is_err());
         assert!("localhost:1".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn the_model_cache_follows_the_setting_then_systemd() {
+        let systemd = Some(std::ffi::OsString::from(
+            "/var/cache/inferd:/var/cache/other",
+        ));
+        assert_eq!(
+            model_cache(None, systemd.clone()),
+            Some(PathBuf::from("/var/cache/inferd"))
+        );
+        assert_eq!(model_cache(Some("off".into()), systemd.clone()), None);
+        assert_eq!(
+            model_cache(Some("/srv/c".into()), systemd),
+            Some(PathBuf::from("/srv/c"))
+        );
+        assert_eq!(model_cache(None, None), None);
+        assert_eq!(model_cache(None, Some("".into())), None);
     }
 
     #[test]

@@ -65,8 +65,16 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
         status["repository"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>11} {:>8}  reason",
-        "model", "version", "state", "default", "pinned", "load ms", "weights MiB", "RSS MiB"
+        "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>6} {:>11} {:>8}  reason",
+        "model",
+        "version",
+        "state",
+        "default",
+        "pinned",
+        "load ms",
+        "cache",
+        "weights MiB",
+        "RSS MiB"
     );
     for v in status["versions"]
         .as_array()
@@ -86,13 +94,14 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
             }
         };
         println!(
-            "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>11} {:>8}  {}",
+            "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>6} {:>11} {:>8}  {}",
             v["name"].as_str().unwrap_or("?"),
             v["version"].as_u64().unwrap_or(0),
             v["state"].as_str().unwrap_or("?"),
             yes("default"),
             yes("pinned"),
             num("load_ms", 1.0),
+            v["cache"].as_str().unwrap_or("-"),
             num("weights_bytes", 1024.0 * 1024.0),
             num("resident_bytes", 1024.0 * 1024.0),
             v["reason"].as_str().unwrap_or("")

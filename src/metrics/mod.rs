@@ -203,6 +203,8 @@ pub struct ScrapeInputs {
     pub load_failures: Vec<(String, u64)>,
     /// Snapshots of the served set swapped in since start.
     pub swaps: u64,
+    /// What the prepared-model cache did since start (empty without a cache).
+    pub cache: crate::model::cache::Counts,
 }
 
 /// Every family the server exports, in one registry per server.
@@ -231,6 +233,8 @@ pub struct Metrics {
     known: RwLock<Vec<(Weak<ServedModel>, Arc<ModelMetrics>)>>,
     load_failures: IntCounterVec,
     swaps: IntCounter,
+    cache_lookups: IntCounterVec,
+    cache_writes: IntCounterVec,
     /// name → version → series (nested so that a lookup borrows the name instead of allocating).
     models: Mutex<HashMap<String, HashMap<u32, Arc<ModelMetrics>>>>,
     /// Serialises scrapes: they set gauges and catch counters up.
@@ -391,6 +395,22 @@ impl Metrics {
             "inferd_model_swaps_total",
             "Changes of the served set of model versions (loads, swaps, unloads) since start."
         )?);
+        let cache_lookups = reg!(IntCounterVec::new(
+            Opts::new(
+                "inferd_model_cache_lookups_total",
+                "Model version loads by what the prepared-model cache held: hit, miss, invalid (a \
+                 damaged entry, deleted and rewritten)."
+            ),
+            &["outcome"]
+        )?);
+        let cache_writes = reg!(IntCounterVec::new(
+            Opts::new(
+                "inferd_model_cache_writes_total",
+                "Prepared-model cache entries by result: written, failed, unsupported (tract cannot \
+                 serialise the graph)."
+            ),
+            &["result"]
+        )?);
         let process = process::ProcessMetrics::register(&registry)?;
         Ok(Metrics {
             registry,
@@ -414,6 +434,8 @@ impl Metrics {
             known: RwLock::new(Vec::new()),
             load_failures,
             swaps,
+            cache_lookups,
+            cache_writes,
             models: Mutex::new(HashMap::new()),
             scrape: Mutex::new(()),
         })
@@ -526,6 +548,15 @@ impl Metrics {
         }
         self.swaps
             .inc_by(inputs.swaps.saturating_sub(self.swaps.get()));
+        for (family, counts) in [
+            (&self.cache_lookups, &inputs.cache.lookups),
+            (&self.cache_writes, &inputs.cache.writes),
+        ] {
+            for (label, total) in counts {
+                let c = family.with_label_values(&[label]);
+                c.inc_by(total.saturating_sub(c.get()));
+            }
+        }
         self.ready.set(i64::from(inputs.ready));
         self.draining.set(i64::from(inputs.draining));
         self.process.update();

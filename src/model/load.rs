@@ -9,13 +9,17 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::cache::{Key, Lookup, ModelCache, Unwritten};
 use super::manifest::Manifest;
 use super::registry::{LoadFigures, ServedModel, MODEL_FILE};
+use super::runtime::Prepared;
 use super::{DimSpec, IoSpec, LoadError, Runtime};
 use crate::scheduler::ServiceTime;
 use crate::tensor::HostTensor;
 
-/// Loads, optimises and warms `vdir` (`<root>/<name>/<version>`).
+/// Loads, optimises and warms `vdir` (`<root>/<name>/<version>`), through the prepared-model
+/// `cache` if there is one: read from it on a hit; on a miss, the entry to write once the version
+/// serves is returned beside it ([`ModelCache::write`]).
 ///
 /// # Errors
 /// [`LoadError`] naming the file at fault: a bad manifest, a model tract cannot serve, inputs that
@@ -26,7 +30,8 @@ pub fn load_version(
     version: u32,
     warmup_runs: u32,
     threads: usize,
-) -> Result<ServedModel, LoadError> {
+    cache: Option<&ModelCache>,
+) -> Result<(ServedModel, Option<Unwritten>), LoadError> {
     let onnx = vdir.join(MODEL_FILE);
     let manifest = Manifest::load(vdir)?;
     let facts = manifest
@@ -35,12 +40,20 @@ pub fn load_version(
         .map(|m| m.inputs.as_slice());
     let rss_before = crate::metrics::resident_bytes();
     let started = Instant::now();
-    let runtime = Runtime::load(&onnx, facts)
+    let model_error = |message| LoadError::Model {
+        path: onnx.display().to_string(),
+        message,
+    };
+    let bytes = std::fs::read(&onnx).map_err(|e| model_error(e.to_string()))?;
+    let (prepared, lookup, key) =
+        prepare(&bytes, facts, cache, name, version).map_err(model_error)?;
+    drop(bytes);
+    // A clone shares the weights' tensors: what it holds on to is the graph, until written.
+    let unwritten = key.map(|key| Unwritten::new(key, name, version, prepared.clone()));
+    let runtime = prepared
+        .into_runtime()
         .and_then(|mut r| r.set_threads(threads).map(|()| r))
-        .map_err(|message| LoadError::Model {
-            path: onnx.display().to_string(),
-            message,
-        })?;
+        .map_err(model_error)?;
     let load = started.elapsed();
     let warm = |runtime: &Runtime| -> Result<_, String> {
         if warmup_runs == 0 {
@@ -81,7 +94,7 @@ pub fn load_version(
     if manifest.batch_axis.is_some() && !batchable {
         log::warn!("{name} v{version}: batch_axis is set but the model's shapes do not allow stacking on axis 0; not batching");
     }
-    Ok(ServedModel {
+    let served = ServedModel {
         name: name.to_owned(),
         version,
         manifest,
@@ -91,6 +104,7 @@ pub fn load_version(
             load,
             warmup,
             resident_bytes,
+            cache: lookup,
         },
         loaded_at: std::time::SystemTime::now(),
         last_used: std::sync::atomic::AtomicU64::new(super::registry::now_ms()),
@@ -104,7 +118,27 @@ pub fn load_version(
             ServiceTime::seeded(rows, took)
         }),
         warmup_inputs,
-    })
+    };
+    Ok((served, unwritten))
+}
+
+/// The version's graph, imported from its ONNX bytes or read from the cache; with a cache, what
+/// the lookup found and, unless a hit, the key to write the entry under.
+fn prepare(
+    onnx: &[u8],
+    facts: Option<&[IoSpec]>,
+    cache: Option<&ModelCache>,
+    name: &str,
+    version: u32,
+) -> Result<(Prepared, Option<Lookup>, Option<Key>), String> {
+    let Some(cache) = cache else {
+        return Ok((Prepared::from_onnx(onnx, facts)?.0, None, None));
+    };
+    let key = Key::new(onnx, facts);
+    match cache.lookup(&key, name, version) {
+        (lookup, Some(prepared)) => Ok((prepared, Some(lookup), None)),
+        (lookup, None) => Ok((Prepared::from_onnx(onnx, facts)?.0, Some(lookup), Some(key))),
+    }
 }
 
 /// Runs the model `runs` times on this (the loading) thread; returns the first run's time (the one

@@ -1,8 +1,9 @@
 //! Models: what is on disk (`manifest`, `policy`), how it runs (`runtime`, the only module that
-//! names tract), how a version becomes servable (`load`), what is served now (`registry`, one
-//! snapshot) and how that follows the folder (`repository`), and whether a request fits a model
-//! (`validate`).
+//! names tract), how a version becomes servable (`load`, with the prepared-model `cache`), what is
+//! served now (`registry`, one snapshot) and how that follows the folder (`repository`), and whether
+//! a request fits a model (`validate`).
 
+pub mod cache;
 pub mod load;
 pub mod manifest;
 pub mod policy;

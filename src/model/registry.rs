@@ -81,6 +81,8 @@ pub struct LoadFigures {
     pub warmup: Option<Duration>,
     /// Growth of the process's resident memory meanwhile (versions load one at a time).
     pub resident_bytes: u64,
+    /// What the prepared-model cache lookup found; `None` without a cache.
+    pub cache: Option<super::cache::Lookup>,
 }
 
 /// The model versions served at one moment, immutable once built: a request resolves its version

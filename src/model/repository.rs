@@ -17,6 +17,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::cache::{Counts, Lookup, ModelCache, Unwritten, Write};
 use super::load::load_version;
 use super::policy::{ServingFile, VersionPolicy};
 use super::registry::MODEL_FILE;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub memory_budget: Option<u64>,
     /// Lock resident pages into RAM after the first load and after every swap.
     pub lock_memory: bool,
+    /// The prepared-model cache folder; `None`: every load imports the ONNX file.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -42,6 +45,7 @@ impl Default for Settings {
             warmup_runs: 3,
             memory_budget: None,
             lock_memory: false,
+            cache_dir: None,
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct VersionStatus {
     pub weights_bytes: Option<u64>,
     /// Whether the model stays resident (`pinned = true`, the default) or is loaded on demand.
     pub pinned: bool,
+    /// Where its prepared graph came from, when serving with a cache: `hit` (the cache), `miss`
+    /// (its ONNX file; an entry is written), `invalid` (a damaged entry, deleted and rewritten).
+    pub cache: Option<&'static str>,
 }
 
 /// What one rescan changed.
@@ -157,6 +164,11 @@ pub struct Repository {
     book: Mutex<Book>,
     /// One rescan at a time.
     rescanning: Mutex<()>,
+    /// `None` without a cache folder, or when it cannot be created (logged; loads then import).
+    cache: Option<ModelCache>,
+    /// Cache entries of versions imported on a miss, written by the watch thread
+    /// ([`Repository::write_cache_entries`]); at most one per version loaded since.
+    unwritten: Mutex<Vec<Unwritten>>,
 }
 
 impl Repository {
@@ -166,6 +178,16 @@ impl Repository {
     /// [`LoadError`] for an unreadable folder, a bad manifest or `serving.toml`, a model that cannot
     /// be served, or a repository with nothing to serve.
     pub fn open(root: &Path, settings: Settings) -> Result<Repository, LoadError> {
+        let cache = settings
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| match ModelCache::open(dir) {
+                Ok(cache) => Some(cache),
+                Err(message) => {
+                    log::warn!("prepared-model cache off: {message}");
+                    None
+                }
+            });
         let repo = Repository {
             root: root.to_path_buf(),
             settings,
@@ -174,6 +196,8 @@ impl Repository {
             retiring: Mutex::new(Vec::new()),
             book: Mutex::new(Book::default()),
             rescanning: Mutex::new(()),
+            cache,
+            unwritten: Mutex::new(Vec::new()),
         };
         repo.sync(true)?;
         if repo.settings.lock_memory {
@@ -242,6 +266,7 @@ impl Repository {
                     resident_bytes: figures.map(|f| f.resident_bytes),
                     weights_bytes: served.as_ref().map(|m| m.runtime.weight_bytes()),
                     pinned: !book.unpinned.contains(name),
+                    cache: figures.and_then(|f| f.cache).map(Lookup::label),
                 }
             })
             .collect()
@@ -264,6 +289,34 @@ impl Repository {
         (book.failures.clone(), book.swaps)
     }
 
+    /// What the prepared-model cache did since start (`inferd_model_cache_*_total`); empty
+    /// without a cache.
+    pub fn cache_counts(&self) -> Counts {
+        self.cache
+            .as_ref()
+            .map(ModelCache::counts)
+            .unwrap_or_default()
+    }
+
+    /// Writes the cache entries of the versions imported since the last call; returns how many
+    /// were written. The watch thread calls it, so that loads never wait for tract's serialiser.
+    pub fn write_cache_entries(&self) -> usize {
+        let Some(cache) = &self.cache else {
+            return 0;
+        };
+        let pending = std::mem::take(
+            &mut *self
+                .unwritten
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        pending
+            .into_iter()
+            .map(|entry| cache.write(entry))
+            .filter(|w| *w == Write::Written)
+            .count()
+    }
+
     /// Starts the thread that rescans when [`Rescans::request`] asks, and every `poll` if given.
     /// It ends when every [`Rescans`] handle is dropped.
     ///
@@ -284,6 +337,7 @@ impl Repository {
                 background_priority();
                 let mut next_poll = poll.map(|every| Instant::now() + every);
                 loop {
+                    repo.write_cache_entries();
                     // Swapped-out versions waiting for their last request are looked at every
                     // 50 ms; otherwise every second (rescans made elsewhere, tests, also retire).
                     let idle = if repo.reap() > 0 {
@@ -443,8 +497,25 @@ impl Repository {
                 let estimate = std::fs::metadata(dir.join(MODEL_FILE)).map_or(0, |m| m.len());
                 let loaded = room
                     .make(estimate, &name, &current, &unpinned, &mut models)
-                    .and_then(|()| load_version(dir, &name, v, self.settings.warmup_runs, threads))
-                    .map(Arc::new)
+                    .and_then(|()| {
+                        load_version(
+                            dir,
+                            &name,
+                            v,
+                            self.settings.warmup_runs,
+                            threads,
+                            self.cache.as_ref(),
+                        )
+                    })
+                    .map(|(m, unwritten)| {
+                        if let Some(entry) = unwritten {
+                            self.unwritten
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(entry);
+                        }
+                        Arc::new(m)
+                    })
                     .and_then(|m| {
                         self.warm_workers(&m).map_err(|message| LoadError::Model {
                             path: dir.display().to_string(),

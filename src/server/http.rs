@@ -85,6 +85,7 @@ pub fn render_metrics(ctx: &Ctx) -> String {
             .collect(),
         load_failures: failures.into_iter().collect(),
         swaps,
+        cache: ctx.models.cache_counts(),
     };
     ctx.metrics.render(&inputs)
 }

@@ -9,6 +9,7 @@
 )]
 
 mod bench;
+mod cache;
 mod cross;
 mod errors;
 mod haproxy;
