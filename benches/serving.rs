@@ -9,7 +9,9 @@
 //! `-- --pinned`: the comparison the throughput issue asks for, "same model, same cores", with the
 //! load generator kept off them. CPU 0 runs the ceiling (one thread) and then the daemon (the
 //! `inferd` binary as a child process under `taskset -c 0`, one inference worker, its I/O thread on
-//! the same CPU); the load generator runs on the other CPUs. Needs two CPUs and `taskset`.
+//! the same CPU); the load generator runs on the other CPUs. Needs two CPUs and `taskset`. For
+//! the batchable models it then compares batching off (a second daemon with `--max-batch 1`) and on,
+//! pinned the same way: saturation (4 connections × 16) and p50 one request at a time.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -98,14 +100,26 @@ fn load(
     rate: Option<f64>,
     secs: f64,
 ) -> Report {
+    load_with(addr, model, inputs, rate, secs, (4, 8))
+}
+
+/// `load` with `(connections, depth)` given: `(1, 1)` is light load, one request at a time.
+fn load_with(
+    addr: std::net::SocketAddr,
+    model: &str,
+    inputs: &[HostTensor],
+    rate: Option<f64>,
+    secs: f64,
+    (connections, depth): (usize, usize),
+) -> Report {
     let plan = LoadPlan {
         addr,
         options: ClientOptions::default(),
         model: model.into(),
         version: None,
         inputs: inputs.to_vec(),
-        connections: 4,
-        depth: 8,
+        connections,
+        depth,
         rate,
         duration: Duration::from_secs_f64(secs),
         warmup: Duration::from_millis(500),
@@ -123,9 +137,9 @@ enum Daemon {
     Child(Child),
 }
 
-/// The daemon as a child process on CPU 0 with one worker, serving `models`: the child and its
-/// address.
-fn spawn_pinned_daemon(models: &Path) -> (Child, std::net::SocketAddr) {
+/// The daemon as a child process on CPU 0 with one worker, serving `models` (with `extra` flags):
+/// the child and its address.
+fn spawn_pinned_daemon(models: &Path, extra: &[&str]) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new("taskset")
         .args([
             "-c",
@@ -135,7 +149,16 @@ fn spawn_pinned_daemon(models: &Path) -> (Child, std::net::SocketAddr) {
             "--listen",
             "127.0.0.1:0",
         ])
-        .args(["--metrics-listen", "off", "--workers", "1", "--models"])
+        .args([
+            "--metrics-listen",
+            "off",
+            "--workers",
+            "1",
+            "--model-cache",
+            "off",
+        ])
+        .args(extra)
+        .arg("--models")
         .arg(models)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -159,6 +182,53 @@ fn spawn_pinned_daemon(models: &Path) -> (Child, std::net::SocketAddr) {
     // Keep reading its log so that the pipe never fills.
     std::thread::spawn(move || lines.for_each(drop));
     (child, addr)
+}
+
+/// Pinned, for each batchable model: the same daemon with `--max-batch 1` against the running one
+/// (the default 32), at saturation and one request at a time, alternating.
+fn batching_off_vs_on(
+    root: &Path,
+    registry: &Registry,
+    models: &[String],
+    on: std::net::SocketAddr,
+) {
+    let batchable: Vec<&String> = models
+        .iter()
+        .filter(|m| registry.get(m, None).is_ok_and(|m| m.batchable))
+        .collect();
+    if batchable.is_empty() {
+        return;
+    }
+    let (mut child, off) = spawn_pinned_daemon(&root.join("models"), &["--max-batch", "1"]);
+    println!("# batching off (--max-batch 1) vs on (32), pinned as above");
+    for model in batchable {
+        let inputs = sample(&root.join("models").join(model).join("1"));
+        let mut sat = [Vec::new(), Vec::new()];
+        let mut light = [Vec::new(), Vec::new()];
+        for _ in 0..2 {
+            for (ix, addr) in [off, on].into_iter().enumerate() {
+                sat[ix].push(load_with(addr, model, &inputs, None, 4.0, (4, 16)).throughput_rps);
+                light[ix].push(load_with(addr, model, &inputs, None, 2.0, (1, 1)).p50_us);
+            }
+        }
+        let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        let low = |v: &[u64]| v.iter().copied().min().unwrap_or(0) as f64;
+        println!(
+            "{model}: saturation off {:.0} / on {:.0} req/s = {:.2}x (runs off {:?}, on {:?}) | one at a time p50 off {:.0} / on {:.0} us = {:.3}x (runs off {:?}, on {:?})",
+            best(&sat[0]),
+            best(&sat[1]),
+            best(&sat[1]) / best(&sat[0]),
+            sat[0].iter().map(|r| r.round()).collect::<Vec<_>>(),
+            sat[1].iter().map(|r| r.round()).collect::<Vec<_>>(),
+            low(&light[0]),
+            low(&light[1]),
+            low(&light[1]) / low(&light[0]),
+            light[0],
+            light[1],
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 fn main() {
@@ -186,7 +256,7 @@ fn main() {
         assert!(cpus >= 2, "--pinned needs two CPUs");
         // The load generator (this thread and the ones it starts) off the server's CPU.
         pin(1..cpus);
-        let (child, addr) = spawn_pinned_daemon(&root.join("models"));
+        let (child, addr) = spawn_pinned_daemon(&root.join("models"), &[]);
         println!(
             "# inferd vs its in-process ceiling, pinned: ceiling and daemon (1 worker) on CPU 0, load generator on CPUs 1-{}",
             cpus - 1
@@ -230,6 +300,9 @@ fn main() {
             half.p99_us as f64 / 1e3,
             half.p99_us as f64 - ceiling_p50.as_secs_f64() * 1e6,
         );
+    }
+    if pinned {
+        batching_off_vs_on(&root, &registry, &models, addr);
     }
     match &mut daemon {
         Daemon::Child(child) => {
