@@ -269,7 +269,9 @@ impl ModelCache {
                     index.archive_sha256
                 ));
             }
-            Prepared::from_nnef(&archive, index.outputs, index.repairs)
+            // A panic in tract's reader is a damaged entry too, not a reason to stop loading.
+            std::panic::catch_unwind(|| Prepared::from_nnef(&archive, index.outputs, index.repairs))
+                .unwrap_or_else(|_| Err("tract panicked reading the archive".to_owned()))
         };
         read().map(Some).map_err(|message| {
             let _ = std::fs::remove_dir_all(&folder);
@@ -303,10 +305,11 @@ impl ModelCache {
     }
 
     fn put(&self, entry: &Unwritten) -> Result<(), (Write, String)> {
-        let archive = entry
-            .prepared
-            .to_nnef()
-            .map_err(|message| (Write::Unsupported, message))?;
+        // On the model watch thread: a panic in tract's writer must not end it.
+        let archive =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.prepared.to_nnef()))
+                .unwrap_or_else(|_| Err("tract panicked writing the archive".to_owned()))
+                .map_err(|message| (Write::Unsupported, message))?;
         let index = Index {
             format: FORMAT.to_owned(),
             engine: ENGINE.to_owned(),

@@ -182,7 +182,10 @@ impl Repository {
             .cache_dir
             .as_deref()
             .and_then(|dir| match ModelCache::open(dir) {
-                Ok(cache) => Some(cache),
+                Ok(cache) => {
+                    log::info!("prepared-model cache in {}", cache.dir().display());
+                    Some(cache)
+                }
                 Err(message) => {
                     log::warn!("prepared-model cache off: {message}");
                     None
