@@ -29,13 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inferd::client::{BlockingClient, ClientOptions};
-use inferd::config::{ServeArgs, ServeConfig};
+use inferd::config::ServeArgs;
 use inferd::model::manifest::Manifest;
 use inferd::model::repository::Settings;
 use inferd::model::runtime::Prepared;
 use inferd::model::Repository;
-use inferd::server::Server;
 use inferd::tensor::HostTensor;
+
+mod common;
+use common::{copy_dir, InProcess};
 
 const SHIPPED: [&str; 5] = [
     "digits-mlp",
@@ -259,11 +261,8 @@ fn first_request_vs_steady(root: &Path, warmup_runs: u32) {
         model_poll_ms: Some(0),
         ..ServeArgs::default()
     };
-    let server = Server::bind(ServeConfig::resolve(&args).unwrap(), repository).unwrap();
-    let addr = server.local_addr().unwrap();
-    let handle = server.handle();
-    let thread = std::thread::spawn(move || server.run());
-    let client = BlockingClient::connect(addr, ClientOptions::default()).unwrap();
+    let server = InProcess::start(&args, repository);
+    let client = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
     for name in SHIPPED {
         let inputs = sample(&root.join("models").join(name).join("1"));
         let firsts: Vec<Duration> = (0..4)
@@ -305,21 +304,7 @@ fn first_request_vs_steady(root: &Path, warmup_runs: u32) {
             first.as_secs_f64() / after_idle.as_secs_f64()
         );
     }
-    handle.shutdown();
-    thread.join().unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let dest = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &dest);
-        } else {
-            std::fs::copy(&path, &dest).unwrap();
-        }
-    }
+    server.stop();
 }
 
 /// Closed-loop load on `connections` connections until `stop`: latencies and failures.
@@ -381,14 +366,8 @@ fn swaps_under_load(root: &Path, swaps: usize, interval: Duration, control: bool
         model_poll_ms: Some(0),
         ..ServeArgs::default()
     };
-    let server = Server::bind(
-        ServeConfig::resolve(&args).unwrap(),
-        Arc::clone(&repository),
-    )
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let handle = server.handle();
-    let thread = std::thread::spawn(move || server.run());
+    let server = InProcess::start(&args, Arc::clone(&repository));
+    let addr = server.addr;
     let inputs = sample(&source);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -419,7 +398,7 @@ fn swaps_under_load(root: &Path, swaps: usize, interval: Duration, control: bool
         )
         .unwrap();
         // Through the daemon's own path: the repository's watch thread, at its priority.
-        let changes = handle.rescan_models().unwrap();
+        let changes = server.handle().rescan_models().unwrap();
         assert!(
             changes.swapped() != control && changes.failed.is_empty(),
             "{changes:?}"
@@ -436,8 +415,7 @@ fn swaps_under_load(root: &Path, swaps: usize, interval: Duration, control: bool
     let rss_last = inferd::metrics::resident_bytes().unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     let (during, failures) = load.join().unwrap();
-    handle.shutdown();
-    thread.join().unwrap();
+    server.stop();
     let _ = std::fs::remove_dir_all(&repo);
     let (p99_steady, p99_during) = (steady.quantile(0.99), during.quantile(0.99));
     println!(

@@ -27,12 +27,14 @@ use std::time::{Duration, Instant};
 use rustix::thread::{sched_setaffinity, CpuSet};
 
 use inferd::client::ClientOptions;
-use inferd::config::{ServeArgs, ServeConfig};
+use inferd::config::ServeArgs;
 use inferd::loadgen::{self, LoadPlan, Report};
 use inferd::model::repository::Settings;
 use inferd::model::{Registry, Repository};
-use inferd::server::Server;
 use inferd::tensor::HostTensor;
+
+mod common;
+use common::InProcess;
 
 const WORKERS: usize = 2;
 
@@ -133,7 +135,7 @@ fn load_with(
 
 /// The server under load: in this process, or the `inferd` binary as a child (`--pinned`).
 enum Daemon {
-    InProcess(inferd::server::ServerHandle, std::thread::JoinHandle<()>),
+    InProcess(InProcess),
     Child(Child),
 }
 
@@ -251,7 +253,7 @@ fn main() {
     let registry = repository.snapshot();
 
     const SERVER_CPUS: &[usize] = &[0];
-    let (workers, ceiling_cpus, addr, mut daemon) = if pinned {
+    let (workers, ceiling_cpus, addr, daemon) = if pinned {
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert!(cpus >= 2, "--pinned needs two CPUs");
         // The load generator (this thread and the ones it starts) off the server's CPU.
@@ -269,18 +271,12 @@ fn main() {
             workers: Some(WORKERS),
             ..ServeArgs::default()
         };
-        let server = Server::bind(
-            ServeConfig::resolve(&args).unwrap(),
-            Arc::clone(&repository),
-        )
-        .unwrap();
-        let addr = server.local_addr().unwrap();
-        let handle = server.handle();
-        let thread = std::thread::spawn(move || server.run());
+        let server = InProcess::start(&args, Arc::clone(&repository));
+        let addr = server.addr;
         println!(
             "# inferd vs its in-process ceiling ({WORKERS} workers, load generator on the same cores)"
         );
-        (WORKERS, None, addr, Daemon::InProcess(handle, thread))
+        (WORKERS, None, addr, Daemon::InProcess(server))
     };
 
     for model in &models {
@@ -304,14 +300,11 @@ fn main() {
     if pinned {
         batching_off_vs_on(&root, &registry, &models, addr);
     }
-    match &mut daemon {
-        Daemon::Child(child) => {
+    match daemon {
+        Daemon::Child(mut child) => {
             child.kill().unwrap();
             child.wait().unwrap();
         }
-        Daemon::InProcess(handle, _) => handle.shutdown(),
-    }
-    if let Daemon::InProcess(_, thread) = daemon {
-        thread.join().unwrap();
+        Daemon::InProcess(server) => server.stop(),
     }
 }

@@ -10,13 +10,12 @@ use inferd::model::repository::Settings;
 use inferd::model::Repository;
 use inferd::tensor::HostTensor;
 
-use crate::harness::{eventually, http_get, models_dir, repo_root, TestServer};
+use crate::harness::{
+    copy_dir, eventually, http_get, models_dir, repo_root, temp_repo, TestServer,
+};
 
 fn temp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("inferd-it-cache-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    temp_repo(&format!("cache-{tag}"))
 }
 
 fn open(repo: &Path, cache: &Path) -> Repository {
@@ -76,12 +75,10 @@ fn entries(cache: &Path) -> Vec<PathBuf> {
 /// A repository holding shipped digits-mlp as `digits/1`, its files writable.
 fn digits_repo(tag: &str) -> PathBuf {
     let repo = temp(tag);
-    let to = repo.join("digits/1");
-    std::fs::create_dir_all(to.join("sample")).unwrap();
-    let from = repo_root().join("models/digits-mlp/1");
-    for file in ["model.onnx", "model.toml", "sample/X.npy"] {
-        std::fs::write(to.join(file), std::fs::read(from.join(file)).unwrap()).unwrap();
-    }
+    copy_dir(
+        &repo_root().join("models/digits-mlp/1"),
+        &repo.join("digits/1"),
+    );
     repo
 }
 

@@ -16,7 +16,8 @@ use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{encode_frame_vec, Hello, Request, Response, ServingState};
 
 use crate::harness::{
-    digits_input, installed, listening_addr, models_dir, repo_root, spawn_logged, wait_for,
+    digits_input, infer_digits, installed, listening_addr, models_dir, repo_root, spawn_logged,
+    wait_for,
 };
 
 fn hex(frame: &[u8]) -> String {
@@ -207,14 +208,7 @@ fn haproxy_marks_a_draining_node_down_before_it_stops_accepting_and_no_request_f
     );
     let direct = BlockingClient::connect(a.addr, ClientOptions::default()).unwrap();
     assert_eq!(direct.health().unwrap(), ServingState::Draining);
-    direct
-        .infer(
-            "digits-mlp",
-            None,
-            std::slice::from_ref(&digits_input()),
-            None,
-        )
-        .unwrap();
+    infer_digits(&direct);
     drop(direct);
 
     let report = load.join().unwrap();

@@ -124,6 +124,40 @@ pub fn digits_input() -> inferd::tensor::HostTensor {
     npy("models/digits-mlp/1/sample/X.npy", "X")
 }
 
+/// A fresh, empty folder for one test (a repository, a cache), named after `tag` and this process.
+pub fn temp_repo(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("inferd-it-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies the folder `from` to `to`, recursively, the copies writable.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+            // Shipped files are read-only; tests rewrite some copies.
+            let mut perms = std::fs::metadata(&dest).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&dest, perms).unwrap();
+        }
+    }
+}
+
+/// One request for the latest digits-mlp on its shipped sample; panics unless answered.
+pub fn infer_digits(client: &inferd::client::BlockingClient) -> inferd::client::InferOutput {
+    client
+        .infer("digits-mlp", None, &[digits_input()], None)
+        .unwrap()
+}
+
 pub fn ppocr_input() -> inferd::tensor::HostTensor {
     npy("models/ppocr-cls/1/sample/x.npy", "x")
 }

@@ -1,7 +1,7 @@
 //! Model lifecycle: versions and policies, warm-up before serving, hot swap under load, broken
 //! versions that never replace working ones, unloading, the folder watch, and `inferd models`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,33 +10,9 @@ use inferd::client::{BlockingClient, ClientOptions};
 use inferd::model::repository::{Settings, VersionState};
 use inferd::model::Repository;
 
-use crate::harness::{digits_input, eventually, http_get, repo_root, TestServer};
-
-/// A fresh repository folder for one test.
-fn temp_repo(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("inferd-it-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let dest = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &dest);
-        } else {
-            std::fs::copy(&path, &dest).unwrap();
-            // Shipped files are read-only; tests rewrite some copies.
-            let mut perms = std::fs::metadata(&dest).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(&dest, perms).unwrap();
-        }
-    }
-}
+use crate::harness::{
+    copy_dir, digits_input, eventually, http_get, repo_root, temp_repo, TestServer,
+};
 
 /// Installs shipped digits-mlp as `<repo>/digits/<version>` the way operators should: copied beside,
 /// then renamed into place in one step.

@@ -10,7 +10,7 @@ use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{ErrorCode, ServingState};
 use inferd::tensor::HostTensor;
 
-use crate::harness::{digits_input, eventually, http_get, TestServer};
+use crate::harness::{digits_input, eventually, http_get, infer_digits, TestServer};
 
 /// Every sample of a scrape, keyed by `name{labels}` exactly as written.
 fn scrape(server: &TestServer) -> HashMap<String, f64> {
@@ -286,14 +286,7 @@ fn stats_and_top_print_a_line_per_model() {
     let server = TestServer::start();
     let client = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
     for _ in 0..3 {
-        client
-            .infer(
-                "digits-mlp",
-                None,
-                std::slice::from_ref(&digits_input()),
-                None,
-            )
-            .unwrap();
+        infer_digits(&client);
     }
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_inferd"))

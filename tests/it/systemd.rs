@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use inferd::client::{BlockingClient, ClientOptions};
 
-use crate::harness::{digits_input, http_get, models_dir};
+use crate::harness::{http_get, infer_digits, models_dir};
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -84,14 +84,7 @@ fn socket_activated_daemon_notifies_ready_watchdog_reloading_and_stopping() {
     // The first connection starts the daemon; it is served once the models are warm.
     drop(first_connection(addr));
     let client = BlockingClient::connect(addr, ClientOptions::default()).unwrap();
-    client
-        .infer(
-            "digits-mlp",
-            None,
-            std::slice::from_ref(&digits_input()),
-            None,
-        )
-        .unwrap();
+    infer_digits(&client);
     let seen = until(&notify, "READY=1");
     let ready = seen.last().unwrap();
     assert!(
