@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use inferd::proto::ErrorCode;
+use inferd::proto::{ErrorCode, Request};
 
 use crate::harness::{listening_addr, models_dir, ppocr_input, spawn_logged, TestServer};
 use crate::raw::{Got, Raw};
@@ -38,8 +38,23 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     for id in 0..N {
         raw.infer(id, "ppocr-cls", std::slice::from_ref(&x));
     }
-    // One answer back means the server is working through the queue (one worker, milliseconds each).
-    let mut answers = vec![raw.recv().unwrap()];
+    // The Pong comes back only once the server has read, and so admitted, every request before
+    // the Ping: without it, the last of the 6.6 MB of requests could still sit unread in the socket
+    // when SIGTERM arrives, and be refused as late (a flake seen once on a loaded machine).
+    raw.send(&Request::Ping { id: 999 });
+    let mut answers = Vec::new();
+    loop {
+        match raw.recv().expect("a Pong") {
+            Got::Other(Some(999)) => break,
+            got => answers.push(got),
+        }
+    }
+    // Reading a request takes microseconds, running one milliseconds: most are still queued.
+    assert!(
+        answers.len() < N as usize / 2,
+        "{} answered before SIGTERM",
+        answers.len()
+    );
     crate::harness::signal(&child, "-TERM");
     wait_for(&lines, "shutdown began");
     // A request after shutdown began is refused, on the same connection.
