@@ -287,13 +287,14 @@ fn main() {
         let half = load(addr, model, &inputs, Some(sat.throughput_rps * 0.5), 5.0);
         let errors: u64 = sat.errors.values().chain(half.errors.values()).sum();
         println!(
-            "{model}: ceiling {ceiling_rps:.0} req/s (p50 {:.3} ms) | inferd saturation {:.0} req/s = {:.2}x ceiling | at 50% ({:.0} req/s) p50 {:.3} ms p99 {:.3} ms; p99 - ceiling p50 = {:.0} us | errors {errors}",
+            "{model}: ceiling {ceiling_rps:.0} req/s (p50 {:.3} ms) | inferd saturation {:.0} req/s = {:.2}x ceiling | at 50% ({:.0} req/s) p50 {:.3} ms p99 {:.3} ms (generator lag p99 {:.3} ms); p99 - ceiling p50 = {:.0} us | errors {errors}",
             ceiling_p50.as_secs_f64() * 1e3,
             sat.throughput_rps,
             sat.throughput_rps / ceiling_rps,
             sat.throughput_rps * 0.5,
             half.p50_us as f64 / 1e3,
             half.p99_us as f64 / 1e3,
+            half.send_lag_p99_us.unwrap_or(0) as f64 / 1e3,
             half.p99_us as f64 - ceiling_p50.as_secs_f64() * 1e6,
         );
     }

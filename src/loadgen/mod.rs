@@ -74,6 +74,9 @@ const MAX_RETRIES: u32 = 8;
 #[derive(Debug)]
 struct Stats {
     latency_us: Mutex<Histogram<u64>>,
+    /// Open loop: how late each request began to be sent, after its intended time (the
+    /// generator's own timer and scheduling delay, which its latencies include by design).
+    send_lag_us: Mutex<Histogram<u64>>,
     ok: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     retries: AtomicU64,
@@ -169,11 +172,19 @@ impl Stats {
         let histogram =
             Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
         Stats {
+            send_lag_us: Mutex::new(histogram.clone()),
             latency_us: Mutex::new(histogram),
             ok: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             retries: AtomicU64::new(0),
         }
+    }
+
+    fn record_lag(&self, lag: Duration) {
+        self.send_lag_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
     }
 
     fn record(&self, result: Result<(), &ClientError>, latency: Duration) {
@@ -338,6 +349,7 @@ async fn open_loop(
         let (request, stats, backlog) =
             (Arc::clone(inputs), Arc::clone(stats), Arc::clone(&backlog));
         tasks.push(smol::spawn(async move {
+            stats.record_lag(intended.elapsed());
             let result = client.infer(&request, &stats).await;
             stats.record(result.as_ref().map(|_| ()), intended.elapsed());
             backlog.fetch_sub(1, Ordering::Relaxed);

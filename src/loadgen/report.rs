@@ -44,6 +44,9 @@ pub struct Report {
     pub max_us: u64,
     /// Mean latency, µs.
     pub mean_us: f64,
+    /// Open loop: the 99th percentile of how late the generator began sending a request after
+    /// its intended time, µs (part of every latency above; `None` in a closed loop).
+    pub send_lag_p99_us: Option<u64>,
     /// The batch sizes the server formed meanwhile (with `server_metrics`), or why they could not
     /// be read.
     pub server_batches: Option<Result<ServerBatches, String>>,
@@ -82,6 +85,13 @@ impl Report {
             p999_us: q(0.999),
             max_us: if ok == 0 { 0 } else { h.max() },
             mean_us: if ok == 0 { 0.0 } else { h.mean() },
+            send_lag_p99_us: plan.rate.map(|_| {
+                stats
+                    .send_lag_us
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .value_at_quantile(0.99)
+            }),
             server_batches: None,
         }
     }
@@ -106,6 +116,7 @@ impl Report {
             "p999_us": self.p999_us,
             "max_us": self.max_us,
             "mean_us": self.mean_us,
+            "send_lag_p99_us": self.send_lag_p99_us,
             "server_batch_sizes": match &self.server_batches {
                 None => serde_json::Value::Null,
                 Some(Ok(b)) => b.to_json(),
@@ -140,6 +151,12 @@ impl Report {
             ms(self.max_us),
             self.mean_us / 1e3
         );
+        if let Some(lag) = self.send_lag_p99_us {
+            out.push_str(&format!(
+                "  generator   p99 {:.3} ms late sending (included in the latencies above)\n",
+                ms(lag)
+            ));
+        }
         if self.retries > 0 {
             out.push_str(&format!(
                 "  retried     {} (refused unrun by a draining server, resent on a new connection)\n",

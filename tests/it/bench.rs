@@ -60,6 +60,10 @@ fn closed_loop_report() {
         u(&r, "max_us"),
     );
     assert!(p50 > 0 && p50 <= p99 && p99 <= p999 && p999 <= max, "{r}");
+    assert!(
+        r["send_lag_p99_us"].is_null(),
+        "no intended times in a closed loop: {r}"
+    );
     let rps = r["throughput_rps"].as_f64().unwrap();
     let expected = u(&r, "ok") as f64 / r["duration_s"].as_f64().unwrap();
     assert!(
@@ -104,6 +108,11 @@ fn open_loop_sends_exactly_the_seeded_poisson_arrivals() {
         .sum();
     assert_eq!(u(&r, "ok") + errors, arrivals, "{r}");
     assert_eq!(errors, 0, "{r}");
+    // The generator's own lateness is part of each latency, so never above the largest one.
+    let lag = r["send_lag_p99_us"]
+        .as_u64()
+        .expect("a lag figure in an open loop");
+    assert!(lag <= u(&r, "max_us"), "{r}");
 }
 
 #[test]
