@@ -510,16 +510,8 @@ impl Repository {
                             self.cache.as_ref(),
                         )
                     })
-                    .map(|(m, unwritten)| {
-                        if let Some(entry) = unwritten {
-                            self.unwritten
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .push(entry);
-                        }
-                        Arc::new(m)
-                    })
-                    .and_then(|m| {
+                    .and_then(|(m, unwritten)| {
+                        let m = Arc::new(m);
                         self.warm_workers(&m).map_err(|message| LoadError::Model {
                             path: dir.display().to_string(),
                             message: format!("warm-up on the inference workers failed: {message}"),
@@ -533,10 +525,17 @@ impl Repository {
                             &mut models,
                         )?;
                         room.used += m.runtime.weight_bytes();
-                        Ok(m)
+                        Ok((m, unwritten))
                     });
                 match loaded {
-                    Ok(loaded) => {
+                    Ok((loaded, unwritten)) => {
+                        // Only a version that serves gets an entry.
+                        if let Some(entry) = unwritten {
+                            self.unwritten
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(entry);
+                        }
                         served.insert(v, loaded);
                         changes.loaded.push((name.clone(), v));
                     }

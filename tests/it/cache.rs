@@ -237,3 +237,29 @@ fn the_server_writes_the_entries_and_counts_them_in_its_metrics() {
     let _ = std::fs::remove_dir_all(&repo);
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+#[test]
+fn a_version_that_does_not_serve_leaves_no_entry() {
+    let repo = digits_repo("unserved");
+    let cache = temp("unserved-cache");
+    // It imports, but its sample does not fit its inputs: it never serves, so it is never cached.
+    std::fs::copy(
+        repo_root().join("models/ppocr-cls/1/sample/x.npy"),
+        repo.join("digits/1/sample/X.npy"),
+    )
+    .unwrap();
+    let refused = Repository::open(
+        &repo,
+        Settings {
+            cache_dir: Some(cache.clone()),
+            ..Settings::default()
+        },
+    );
+    assert!(
+        refused.is_err(),
+        "start-up refuses a version that cannot warm up"
+    );
+    assert!(entries(&cache).is_empty());
+    let _ = std::fs::remove_dir_all(&repo);
+    let _ = std::fs::remove_dir_all(&cache);
+}
