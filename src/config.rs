@@ -492,11 +492,12 @@ impl ServeConfig {
     }
 }
 
-/// The cache folder: the setting (`off` turns it off), else the first folder of systemd's
+/// The cache folder: the setting (`off` or empty turns it off), else the first folder of systemd's
 /// `CACHE_DIRECTORY` (colon-separated when a unit names several), else none.
 fn model_cache(setting: Option<PathBuf>, systemd: Option<std::ffi::OsString>) -> Option<PathBuf> {
     match setting {
-        Some(dir) if dir.as_os_str() == "off" => None,
+        // An empty INFERD_MODEL_CACHE is unset, not the working directory.
+        Some(dir) if dir.as_os_str() == "off" || dir.as_os_str().is_empty() => None,
         Some(dir) => Some(dir),
         None => systemd
             .as_ref()
@@ -595,6 +596,7 @@ mod tests {
             Some(PathBuf::from("/srv/c"))
         );
         assert_eq!(model_cache(None, None), None);
+        assert_eq!(model_cache(Some("".into()), None), None);
         assert_eq!(model_cache(None, Some("".into())), None);
     }
 

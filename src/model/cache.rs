@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::runtime::{Prepared, ENGINE};
 use super::IoSpec;
 
-/// Bumped when inferd's import (repairs, folds, rewrites made before serialising) changes what an
-/// entry holds, so entries written by an older import are not read.
+/// The layout of an entry (bumped if `entry.json` or the archive's use changes). Changes to the
+/// import code itself are in the key through `INFERD_IMPORT_DIGEST` (see `build.rs`).
 const FORMAT: &str = "inferd-prepared-1";
 const ARCHIVE: &str = "model.nnef.tar";
 const INDEX: &str = "entry.json";
@@ -97,7 +97,8 @@ struct Index {
     model: String,
     version: u32,
     source_sha256: String,
-    archive_sha256: String,
+    /// Of the archive, the output names and the repairs: everything read back ([`entry_digest`]).
+    sha256: String,
     outputs: Vec<String>,
     repairs: Vec<String>,
 }
@@ -110,9 +111,10 @@ pub struct ModelCache {
     writes: [AtomicU64; Write::ALL.len()],
 }
 
-/// A version imported on a miss, its graph kept (a clone sharing the weights) until its entry is
-/// written: off the load's path, by the model watch thread once the version serves, so that neither
-/// start-up nor a swap waits for tract's serialiser (~40 ms of the five shipped models here).
+/// A version imported on a miss, its graph kept until its entry is written: off the load's path, by
+/// the model watch thread once the version serves, so that neither start-up nor a swap waits for
+/// tract's serialiser (~40 ms of the five shipped models here). Meanwhile it holds the weights as
+/// imported, about the version's weights again.
 #[derive(Debug)]
 pub struct Unwritten {
     key: Key,
@@ -145,7 +147,13 @@ impl Key {
     pub fn new(onnx: &[u8], facts: Option<&[IoSpec]>) -> Key {
         let source = hex(ring::digest::digest(&SHA256, onnx).as_ref());
         let mut ctx = Context::new(&SHA256);
-        for part in [FORMAT, ENGINE, env!("CARGO_PKG_VERSION"), source.as_str()] {
+        for part in [
+            FORMAT,
+            ENGINE,
+            env!("CARGO_PKG_VERSION"),
+            env!("INFERD_IMPORT_DIGEST"),
+            source.as_str(),
+        ] {
             ctx.update(part.as_bytes());
             ctx.update(b"\n");
         }
@@ -262,11 +270,11 @@ impl ModelCache {
             }
             let archive =
                 std::fs::read(folder.join(ARCHIVE)).map_err(|e| format!("{ARCHIVE}: {e}"))?;
-            let digest = hex(ring::digest::digest(&SHA256, &archive).as_ref());
-            if digest != index.archive_sha256 {
+            let digest = entry_digest(&archive, &index.outputs, &index.repairs);
+            if digest != index.sha256 {
                 return Err(format!(
-                    "{ARCHIVE} has digest {digest}, {INDEX} records {}",
-                    index.archive_sha256
+                    "the entry has digest {digest}, {INDEX} records {}",
+                    index.sha256
                 ));
             }
             // A panic in tract's reader is a damaged entry too, not a reason to stop loading.
@@ -316,7 +324,11 @@ impl ModelCache {
             model: entry.model.clone(),
             version: entry.version,
             source_sha256: entry.key.source.clone(),
-            archive_sha256: hex(ring::digest::digest(&SHA256, &archive).as_ref()),
+            sha256: entry_digest(
+                &archive,
+                entry.prepared.output_names(),
+                entry.prepared.repairs(),
+            ),
             outputs: entry.prepared.output_names().to_vec(),
             repairs: entry.prepared.repairs().to_vec(),
         };
@@ -338,8 +350,8 @@ impl ModelCache {
         if let Err(e) = write() {
             let _ = std::fs::remove_dir_all(&tmp);
             // Another writer (a second process on the same folder) got there first: its entry is
-            // for the same key, so as good as ours.
-            if !self.dir.join(key).join(INDEX).is_file() {
+            // for the same key, so as good as ours, if it can be read.
+            if std::fs::read(self.dir.join(key).join(INDEX)).is_err() {
                 return Err((Write::Failed, format!("{}: {e}", self.dir.display())));
             }
         }
@@ -369,6 +381,20 @@ impl ModelCache {
             }
         }
     }
+}
+
+/// SHA-256 over the archive and the names stored beside it, each part length-prefixed.
+fn entry_digest(archive: &[u8], outputs: &[String], repairs: &[String]) -> String {
+    let mut ctx = Context::new(&SHA256);
+    let parts = std::iter::once(archive)
+        .chain(outputs.iter().map(String::as_bytes))
+        .chain(std::iter::once(&b"repairs"[..]))
+        .chain(repairs.iter().map(String::as_bytes));
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    hex(ctx.finish().as_ref())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -409,6 +435,54 @@ mod tests {
         );
         // The source digest alone is the file's: the same for any facts.
         assert_eq!(base.source, Key::new(b"model bytes", Some(&sym)).source);
+    }
+
+    #[test]
+    fn the_engine_in_the_key_is_the_tract_in_cargo_lock() {
+        let lock = include_str!("../../Cargo.lock");
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"tract-core\"\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+            .map(|v| v.trim_matches('"'))
+            .unwrap();
+        assert_eq!(ENGINE, format!("tract-{version}"));
+    }
+
+    #[test]
+    fn build_rs_digests_every_import_source_that_runs_before_serialisation() {
+        let build = include_str!("../../build.rs");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/model/runtime");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            // Swapped in on the optimised plan, after the cache: not part of an entry.
+            if name == "quantize_linear.rs" {
+                continue;
+            }
+            let path = format!("\"src/model/runtime/{name}\"");
+            assert!(build.contains(&path), "build.rs does not digest {path}");
+        }
+        assert_eq!(env!("INFERD_IMPORT_DIGEST").len(), 16);
+    }
+
+    #[test]
+    fn the_entry_digest_covers_the_names_beside_the_archive() {
+        let outputs = ["probabilities".to_owned()];
+        let base = entry_digest(b"tar", &outputs, &[]);
+        assert_ne!(
+            base,
+            entry_digest(b"tar", &["probabilitiez".to_owned()], &[])
+        );
+        assert_ne!(
+            base,
+            entry_digest(b"tar", &outputs, &["a repair".to_owned()])
+        );
+        assert_ne!(base, entry_digest(b"taR", &outputs, &[]));
+        // Length prefixes: moving bytes between parts changes the digest.
+        assert_ne!(
+            entry_digest(b"ab", &["c".to_owned()], &[]),
+            entry_digest(b"a", &["bc".to_owned()], &[])
+        );
     }
 
     #[test]

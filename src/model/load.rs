@@ -48,7 +48,8 @@ pub fn load_version(
     let (prepared, lookup, key) =
         prepare(&bytes, facts, cache, name, version).map_err(model_error)?;
     drop(bytes);
-    // A clone shares the weights' tensors: what it holds on to is the graph, until written.
+    // The clone keeps the weights as imported (optimisation repacks them into new tensors): about
+    // the version's weights again, until the watch thread has written the entry.
     let unwritten = key.map(|key| Unwritten::new(key, name, version, prepared.clone()));
     let runtime = prepared
         .into_runtime()

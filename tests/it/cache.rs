@@ -221,8 +221,14 @@ fn the_server_writes_the_entries_and_counts_them_in_its_metrics() {
     let models = std::sync::Arc::new(open(&repo, &cache));
     let server = TestServer::serving(models, |_| {});
     // The model watch thread writes the entry once the server runs.
-    eventually("the cache entry is written", || entries(&cache).len() == 1);
-    let (status, metrics) = http_get(server.metrics_addr.unwrap(), "/metrics");
+    let metrics_addr = server.metrics_addr.unwrap();
+    eventually("the cache entry is written and counted", || {
+        http_get(metrics_addr, "/metrics")
+            .1
+            .contains("inferd_model_cache_writes_total{result=\"written\"} 1")
+    });
+    assert_eq!(entries(&cache).len(), 1);
+    let (status, metrics) = http_get(metrics_addr, "/metrics");
     assert_eq!(status, 200);
     for series in [
         "inferd_model_cache_lookups_total{outcome=\"miss\"} 1",
@@ -242,24 +248,22 @@ fn the_server_writes_the_entries_and_counts_them_in_its_metrics() {
 fn a_version_that_does_not_serve_leaves_no_entry() {
     let repo = digits_repo("unserved");
     let cache = temp("unserved-cache");
-    // It imports, but its sample does not fit its inputs: it never serves, so it is never cached.
-    std::fs::copy(
-        repo_root().join("models/ppocr-cls/1/sample/x.npy"),
-        repo.join("digits/1/sample/X.npy"),
-    )
-    .unwrap();
-    let refused = Repository::open(
-        &repo,
-        Settings {
-            cache_dir: Some(cache.clone()),
-            ..Settings::default()
-        },
-    );
-    assert!(
-        refused.is_err(),
-        "start-up refuses a version that cannot warm up"
-    );
-    assert!(entries(&cache).is_empty());
+    let models = open(&repo, &cache);
+    assert_eq!(models.write_cache_entries(), 1, "version 1's entry");
+    // Version 2 imports and warms on the loader thread, then fails on the inference workers: it
+    // never serves, so it is never cached. (Its bytes differ from version 1's, so would its key.)
+    models.warm_on_workers(std::sync::Arc::new(|_| {
+        Err("refused by the test".to_owned())
+    }));
+    copy_dir(&repo.join("digits/1"), &repo.join("digits/2"));
+    let onnx = repo.join("digits/2/model.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    bytes.extend_from_slice(&[0xa0, 0x06, 0x01]);
+    std::fs::write(&onnx, &bytes).unwrap();
+    let changes = models.rescan().unwrap();
+    assert_eq!(changes.failed.len(), 1, "{changes:?}");
+    assert_eq!(models.write_cache_entries(), 0);
+    assert_eq!(entries(&cache).len(), 1, "only version 1's");
     let _ = std::fs::remove_dir_all(&repo);
     let _ = std::fs::remove_dir_all(&cache);
 }

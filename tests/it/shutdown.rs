@@ -49,12 +49,8 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
             got => answers.push(got),
         }
     }
-    // Reading a request takes microseconds, running one milliseconds: most are still queued.
-    assert!(
-        answers.len() < N as usize / 2,
-        "{} answered before SIGTERM",
-        answers.len()
-    );
+    // Reading a request takes microseconds and running one milliseconds, so most are still queued
+    // now (not asserted: that is timing, and the assertions below hold either way).
     crate::harness::signal(&child, "-TERM");
     wait_for(&lines, "shutdown began");
     // A request after shutdown began is refused, on the same connection.

@@ -51,7 +51,7 @@ pub struct RunError(pub String);
 
 /// A model typed and decluttered but not yet optimised for this CPU: the form the prepared-model
 /// cache stores (as NNEF), because optimised plans hold CPU-specific kernels and cannot be serialised.
-/// A clone shares the weights (`Arc`ed constant tensors).
+/// A clone shares the constant tensors (`Arc`s) with the original.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     model: TypedModel,

@@ -1,0 +1,31 @@
+//! A digest of the source files whose code decides the graph the prepared-model cache stores (the
+//! ONNX import and inferd's repairs and rewrites before serialisation), passed to the crate as
+//! `INFERD_IMPORT_DIGEST` and made part of every cache key: a binary whose import changed never
+//! reads an entry written by another, without anyone having to remember to bump a format number.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a build that cannot read its own sources should stop"
+)]
+
+/// The files read; `src/model/cache.rs` has a test that this list names every file of
+/// `src/model/runtime/` that runs before serialisation.
+const IMPORT_SOURCES: [&str; 4] = [
+    "src/model/runtime/mod.rs",
+    "src/model/runtime/traps.rs",
+    "src/model/runtime/weights.rs",
+    "src/model/runtime/quantize.rs",
+];
+
+fn main() {
+    // FNV-1a, 64 bits: stable across toolchains, and enough to tell two versions of these files apart.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for file in IMPORT_SOURCES {
+        println!("cargo:rerun-if-changed={file}");
+        let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for byte in bytes {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    println!("cargo:rustc-env=INFERD_IMPORT_DIGEST={hash:016x}");
+}
