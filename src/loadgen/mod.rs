@@ -77,6 +77,10 @@ struct Stats {
     /// Open loop: how late each request began to be sent, after its intended time (the
     /// generator's own timer and scheduling delay, which its latencies include by design).
     send_lag_us: Mutex<Histogram<u64>>,
+    /// How long each `OVERLOADED` refusal took, from the moment its request was sent.
+    overloaded_us: Mutex<Histogram<u64>>,
+    /// Successful answers that arrived later than the request's deadline after it was sent.
+    ok_after_deadline: AtomicU64,
     ok: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     retries: AtomicU64,
@@ -173,6 +177,8 @@ impl Stats {
             Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
         Stats {
             send_lag_us: Mutex::new(histogram.clone()),
+            overloaded_us: Mutex::new(histogram.clone()),
+            ok_after_deadline: AtomicU64::new(0),
             latency_us: Mutex::new(histogram),
             ok: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
@@ -187,10 +193,21 @@ impl Stats {
             .saturating_record(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
     }
 
-    fn record(&self, result: Result<(), &ClientError>, latency: Duration) {
+    /// One answered request: `latency` from its intended send time (the figure reported), `since_sent`
+    /// from when it was sent, checked against the request's `deadline`.
+    fn record(
+        &self,
+        result: Result<(), &ClientError>,
+        latency: Duration,
+        since_sent: Duration,
+        deadline: Option<Duration>,
+    ) {
         match result {
             Ok(()) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
+                if deadline.is_some_and(|d| since_sent > d) {
+                    self.ok_after_deadline.fetch_add(1, Ordering::Relaxed);
+                }
                 let us = u64::try_from(latency.as_micros())
                     .unwrap_or(u64::MAX)
                     .max(1);
@@ -199,7 +216,17 @@ impl Stats {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .saturating_record(us);
             }
-            Err(e) => self.error(error_name(e)),
+            Err(e) => {
+                if e.code() == Some(ErrorCode::OVERLOADED) {
+                    self.overloaded_us
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .saturating_record(
+                            u64::try_from(since_sent.as_micros()).unwrap_or(u64::MAX),
+                        );
+                }
+                self.error(error_name(e));
+            }
         }
     }
 
@@ -311,7 +338,8 @@ fn closed_loop(
                 while Instant::now() < end {
                     let t = Instant::now();
                     let result = client.infer(&request, &stats).await;
-                    stats.record(result.as_ref().map(|_| ()), t.elapsed());
+                    let took = t.elapsed();
+                    stats.record(result.as_ref().map(|_| ()), took, took, request.deadline);
                 }
             }));
         }
@@ -350,8 +378,14 @@ async fn open_loop(
             (Arc::clone(inputs), Arc::clone(stats), Arc::clone(&backlog));
         tasks.push(smol::spawn(async move {
             stats.record_lag(intended.elapsed());
+            let sent = Instant::now();
             let result = client.infer(&request, &stats).await;
-            stats.record(result.as_ref().map(|_| ()), intended.elapsed());
+            stats.record(
+                result.as_ref().map(|_| ()),
+                intended.elapsed(),
+                sent.elapsed(),
+                request.deadline,
+            );
             backlog.fetch_sub(1, Ordering::Relaxed);
         }));
     }
@@ -377,5 +411,22 @@ async fn report_progress(stats: Arc<Stats>, start: Instant, end: Instant) {
             p99 as f64 / 1e3
         );
         last = ok;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_later_than_their_deadline_after_sending_are_counted() {
+        let stats = Stats::new();
+        let ms = Duration::from_millis;
+        // Late against its intended time (the generator's lag) but on time since sent: not late.
+        stats.record(Ok(()), ms(30), ms(5), Some(ms(10)));
+        stats.record(Ok(()), ms(30), ms(11), Some(ms(10)));
+        stats.record(Ok(()), ms(30), ms(11), None);
+        assert_eq!(stats.ok.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.ok_after_deadline.load(Ordering::Relaxed), 1);
     }
 }

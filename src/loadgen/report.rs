@@ -47,6 +47,13 @@ pub struct Report {
     /// Open loop: the 99th percentile of how late the generator began sending a request after
     /// its intended time, µs (part of every latency above; `None` in a closed loop).
     pub send_lag_p99_us: Option<u64>,
+    /// `OVERLOADED` refusals: the 99th percentile and the largest time from sending the request to
+    /// the refusal, µs (`None` without any).
+    pub overloaded_p99_us: Option<u64>,
+    /// See [`Report::overloaded_p99_us`].
+    pub overloaded_max_us: Option<u64>,
+    /// Successful answers that arrived more than `--deadline-ms` after their request was sent.
+    pub ok_after_deadline: u64,
     /// The batch sizes the server formed meanwhile (with `server_metrics`), or why they could not
     /// be read.
     pub server_batches: Option<Result<ServerBatches, String>>,
@@ -92,8 +99,24 @@ impl Report {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .value_at_quantile(0.99)
             }),
+            overloaded_p99_us: None,
+            overloaded_max_us: None,
+            ok_after_deadline: stats.ok_after_deadline.load(Ordering::Relaxed),
             server_batches: None,
         }
+        .with_overloaded(stats)
+    }
+
+    fn with_overloaded(mut self, stats: &Stats) -> Report {
+        let h = stats
+            .overloaded_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !h.is_empty() {
+            self.overloaded_p99_us = Some(h.value_at_quantile(0.99));
+            self.overloaded_max_us = Some(h.max());
+        }
+        self
     }
 
     /// The JSON object scripts read (`throughput_rps`, `p50_us`, `p99_us`, `p999_us`, `max_us`,
@@ -117,6 +140,9 @@ impl Report {
             "max_us": self.max_us,
             "mean_us": self.mean_us,
             "send_lag_p99_us": self.send_lag_p99_us,
+            "overloaded_p99_us": self.overloaded_p99_us,
+            "overloaded_max_us": self.overloaded_max_us,
+            "ok_after_deadline": self.ok_after_deadline,
             "server_batch_sizes": match &self.server_batches {
                 None => serde_json::Value::Null,
                 Some(Ok(b)) => b.to_json(),
@@ -155,6 +181,19 @@ impl Report {
             out.push_str(&format!(
                 "  generator   p99 {:.3} ms late sending (included in the latencies above)\n",
                 ms(lag)
+            ));
+        }
+        if let (Some(p99), Some(max)) = (self.overloaded_p99_us, self.overloaded_max_us) {
+            out.push_str(&format!(
+                "  refusals    OVERLOADED after p99 {:.3} ms, max {:.3} ms (from sending)\n",
+                ms(p99),
+                ms(max)
+            ));
+        }
+        if self.ok_after_deadline > 0 {
+            out.push_str(&format!(
+                "  late        {} answers arrived after their deadline\n",
+                self.ok_after_deadline
             ));
         }
         if self.retries > 0 {

@@ -142,6 +142,43 @@ fn errors_are_counted_by_code() {
 }
 
 #[test]
+fn overload_refusals_are_timed_from_sending() {
+    // One worker and room for one queued request: most of 16 in flight are refused at once.
+    let server = TestServer::with(|c| {
+        c.workers = 1;
+        c.queue_capacity = 1;
+    });
+    let input = format!(
+        "x={}",
+        crate::harness::repo_root()
+            .join("models/ppocr-cls/1/sample/x.npy")
+            .display()
+    );
+    let r = bench(
+        &server,
+        &[
+            "--model",
+            "ppocr-cls",
+            "--duration",
+            "1",
+            "--concurrency",
+            "2",
+            "--depth",
+            "8",
+            "--input",
+            &input,
+            "--deadline-ms",
+            "10000",
+        ],
+    );
+    assert!(u(&r, "ok") > 0, "{r}");
+    assert!(r["errors"]["overloaded"].as_u64().unwrap_or(0) > 0, "{r}");
+    let (p99, max) = (u(&r, "overloaded_p99_us"), u(&r, "overloaded_max_us"));
+    assert!(p99 <= max, "{r}");
+    assert_eq!(u(&r, "ok_after_deadline"), 0, "{r}");
+}
+
+#[test]
 fn the_report_includes_the_batch_sizes_the_server_formed() {
     let server = TestServer::start();
     let metrics = server.metrics_addr.unwrap().to_string();
