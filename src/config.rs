@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// Inference worker threads. [default: number of cores]
     #[arg(long, env = "INFERD_WORKERS")]
     pub workers: Option<usize>,
+    /// Nice steps the inference threads (workers, intra-op pools) run below the I/O threads, so that
+    /// admitting or refusing a request under overload waits less for a model run to yield a shared
+    /// CPU, at some cost in throughput; 0 runs them at the process's priority. [default: 0]
+    #[arg(long, env = "INFERD_WORKER_NICE")]
+    pub worker_nice: Option<i32>,
     /// Threads doing network I/O (never inference). [default: 1]
     #[arg(long, env = "INFERD_IO_THREADS")]
     pub io_threads: Option<usize>,
@@ -159,6 +164,7 @@ struct FileConfig {
     lock_memory: Option<bool>,
     model_cache: Option<PathBuf>,
     workers: Option<usize>,
+    worker_nice: Option<i32>,
     io_threads: Option<usize>,
     max_connections: Option<usize>,
     max_in_flight: Option<u32>,
@@ -358,6 +364,10 @@ impl ServeConfig {
                     args.model_cache.clone().or(file.model_cache),
                     std::env::var_os("CACHE_DIRECTORY"),
                 ),
+                worker_nice: args
+                    .worker_nice
+                    .or(file.worker_nice)
+                    .unwrap_or(crate::priority::DEFAULT_WORKER_NICE),
             },
             model_poll: match args.model_poll_ms.or(file.model_poll_ms).unwrap_or(2_000) {
                 0 => None,
@@ -437,6 +447,10 @@ impl ServeConfig {
         check(
             (1..=1024).contains(&self.workers),
             "workers must be 1..=1024",
+        )?;
+        check(
+            (0..=19).contains(&self.repository.worker_nice),
+            "worker_nice must be 0..=19",
         )?;
         check(
             (1..=64).contains(&self.io_threads),
@@ -615,6 +629,14 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(ServeConfig::resolve(&args).is_err());
+        let args = ServeArgs {
+            worker_nice: Some(20),
+            ..ServeArgs::default()
+        };
+        assert!(ServeConfig::resolve(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("worker_nice"));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod priority;
 pub mod quality;
 pub mod scheduler;
 pub mod server;

@@ -192,7 +192,7 @@ fn load(vdir: &Path) -> anyhow::Result<ServedModel> {
         .and_then(|n| n.to_str())
         .unwrap_or("model")
         .to_owned();
-    load_version(vdir, &name, version, 1, 1, None)
+    load_version(vdir, &name, version, 1, 1, 0, None)
         .map(|(model, _)| model)
         .with_context(|| format!("loading {}", vdir.display()))
 }

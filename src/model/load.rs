@@ -30,6 +30,7 @@ pub fn load_version(
     version: u32,
     warmup_runs: u32,
     threads: usize,
+    nice: i32,
     cache: Option<&ModelCache>,
 ) -> Result<(ServedModel, Option<Unwritten>), LoadError> {
     let onnx = vdir.join(MODEL_FILE);
@@ -53,7 +54,7 @@ pub fn load_version(
     let unwritten = key.map(|key| Unwritten::new(key, name, version, prepared.clone()));
     let runtime = prepared
         .into_runtime()
-        .and_then(|mut r| r.set_threads(threads).map(|()| r))
+        .and_then(|mut r| r.set_threads(threads, nice).map(|()| r))
         .map_err(model_error)?;
     let load = started.elapsed();
     let warm = |runtime: &Runtime| -> Result<_, String> {

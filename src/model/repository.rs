@@ -36,6 +36,8 @@ pub struct Settings {
     pub lock_memory: bool,
     /// The prepared-model cache folder; `None`: every load imports the ONNX file.
     pub cache_dir: Option<PathBuf>,
+    /// Nice steps inference threads (workers, intra-op pools) run below the I/O threads.
+    pub worker_nice: i32,
 }
 
 impl Default for Settings {
@@ -46,6 +48,7 @@ impl Default for Settings {
             memory_budget: None,
             lock_memory: false,
             cache_dir: None,
+            worker_nice: crate::priority::DEFAULT_WORKER_NICE,
         }
     }
 }
@@ -178,6 +181,9 @@ impl Repository {
     /// [`LoadError`] for an unreadable folder, a bad manifest or `serving.toml`, a model that cannot
     /// be served, or a repository with nothing to serve.
     pub fn open(root: &Path, settings: Settings) -> Result<Repository, LoadError> {
+        // Before any thread lowers its priority: intra-op pools built later, on the idle-priority
+        // watch thread, are started by the spawner at this thread's priority.
+        crate::priority::init();
         let cache = settings
             .cache_dir
             .as_deref()
@@ -337,7 +343,7 @@ impl Repository {
         std::thread::Builder::new()
             .name("inferd-models".into())
             .spawn(move || {
-                background_priority();
+                crate::priority::background();
                 let mut next_poll = poll.map(|every| Instant::now() + every);
                 loop {
                     repo.write_cache_entries();
@@ -507,6 +513,7 @@ impl Repository {
                             v,
                             self.settings.warmup_runs,
                             threads,
+                            self.settings.worker_nice,
                             self.cache.as_ref(),
                         )
                     })
@@ -910,31 +917,6 @@ fn lock_resident() -> Result<(), LoadError> {
         locked as f64 / 1_048_576.0
     );
     Ok(())
-}
-
-/// Moves the calling thread to `SCHED_IDLE` (see [`Repository::watch`]), or to nice 19 where that is
-/// refused. Both need no privilege; where a system-call filter refuses both, loads simply run at
-/// normal priority.
-///
-/// Why `SCHED_IDLE` rather than only nice 19: at nice 19 the loader still runs out its slice when an
-/// inference worker wakes (~1.5 ms on two CPUs with EEVDF), which showed as a 3.7–4× p99 while a
-/// swap was loading. The scheduler preempts a `SCHED_IDLE` thread as soon as any normal thread
-/// wakes on its CPU, and still gives it a small share of a saturated CPU, so a load finishes under
-/// full load, only later.
-fn background_priority() {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadSchedulePolicy,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-        Ok(()) => return,
-        Err(e) => log::debug!("cannot move the model loader to SCHED_IDLE ({e:?}); trying nice 19"),
-    }
-    let me = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
-        log::debug!("cannot lower the model loader's priority ({e}); loading at normal priority");
-    }
 }
 
 /// One model folder as found on disk.

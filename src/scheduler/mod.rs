@@ -216,12 +216,17 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts `workers` threads behind queues holding at most `capacity` jobs in all, batching up to
-    /// `max_batch` rows (1: no batching).
+    /// Starts `workers` threads, `nice` steps below the process ([`crate::priority`]), behind queues
+    /// holding at most `capacity` jobs in all, batching up to `max_batch` rows (1: no batching).
     ///
     /// # Errors
     /// If a thread cannot be spawned.
-    pub fn start(workers: usize, capacity: usize, max_batch: u64) -> std::io::Result<Scheduler> {
+    pub fn start(
+        workers: usize,
+        capacity: usize,
+        max_batch: u64,
+        nice: i32,
+    ) -> std::io::Result<Scheduler> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 warm: (0..workers.max(1)).map(|_| VecDeque::new()).collect(),
@@ -237,11 +242,11 @@ impl Scheduler {
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers.max(1) {
             let shared = Arc::clone(&shared);
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("inferd-worker-{i}"))
-                    .spawn(move || work(&shared, i))?,
-            );
+            handles.push(crate::priority::spawn_inference(
+                format!("inferd-worker-{i}"),
+                nice,
+                move || work(&shared, i),
+            )?);
         }
         Ok(Scheduler {
             shared,

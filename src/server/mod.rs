@@ -282,8 +282,13 @@ impl Server {
         let rescans = models
             .watch(config.model_poll)
             .map_err(|e| format!("starting the model watch thread: {e}"))?;
-        let scheduler = Scheduler::start(config.workers, config.queue_capacity, config.max_batch)
-            .map_err(|e| format!("starting workers: {e}"))?;
+        let scheduler = Scheduler::start(
+            config.workers,
+            config.queue_capacity,
+            config.max_batch,
+            config.repository.worker_nice,
+        )
+        .map_err(|e| format!("starting workers: {e}"))?;
         // Every worker runs every served version once before the first request (tract's scratch
         // space is per thread), and so does each version loaded later, before it is swapped in.
         for m in models.snapshot().all() {

@@ -19,6 +19,7 @@ mod load;
 mod models;
 mod observability;
 mod per_model;
+mod priority;
 mod raw;
 mod scheduling;
 mod shutdown;

@@ -332,28 +332,41 @@ impl Runtime {
         &self.inputs
     }
 
-    /// Gives each execution `threads` threads (tract's intra-op pool, private to this model);
-    /// 1 keeps executions on the calling thread.
+    /// Gives each execution `threads` threads (tract's intra-op pool, private to this model), running
+    /// `nice` steps below the process like the inference workers ([`crate::priority`]); 1 keeps
+    /// executions on the calling thread.
     ///
     /// # Errors
     /// If the pool's threads cannot be started.
-    pub fn set_threads(&mut self, threads: usize) -> Result<(), String> {
+    pub fn set_threads(&mut self, threads: usize, nice: i32) -> Result<(), String> {
         if threads <= 1 {
             self.executor = None;
             return Ok(());
         }
         #[cfg(feature = "intra-op-threads")]
         {
-            // tract panics when the pool cannot be built (threads refused by the system).
-            let pool = std::panic::catch_unwind(|| {
-                multithread::Executor::multithread_with_name(threads, "inferd-intra-op")
-            })
-            .map_err(|_| format!("cannot start {threads} intra-op threads"))?;
-            self.executor = Some(pool);
+            // Built here rather than by tract (`Executor::multithread_with_name`) to start the
+            // threads through the spawner: a pool built on the idle-priority watch thread would
+            // otherwise inherit its priority.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("inferd-intra-op-{i}"))
+                .spawn_handler(move |thread| {
+                    let name = thread.name().unwrap_or("inferd-intra-op").to_owned();
+                    crate::priority::spawn_inference(name, nice, move || thread.run()).map(drop)
+                })
+                .build()
+                .map_err(|e| format!("cannot start {threads} intra-op threads: {e}"))?;
+            self.executor = Some(multithread::Executor::MultiThread(std::sync::Arc::new(
+                pool,
+            )));
             Ok(())
         }
         #[cfg(not(feature = "intra-op-threads"))]
-        Err(format!("threads = {threads}: {NO_INTRA_OP_THREADS}"))
+        {
+            let _ = nice;
+            Err(format!("threads = {threads}: {NO_INTRA_OP_THREADS}"))
+        }
     }
 
     /// Threads one execution may use.

@@ -1,0 +1,109 @@
+//! Thread priorities of a running daemon, read from `/proc`: inference threads (workers and a
+//! model's intra-op pool) `--worker-nice` steps below the I/O thread, at the normal policy even when
+//! the pool was built by the idle-priority model watch thread during a swap; the watch thread idle.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use inferd::priority::thread_scheduling;
+
+use crate::harness::{copy_dir, models_dir, spawn_logged, temp_repo, wait_for};
+
+/// Policy numbers of `sched_setscheduler(2)`.
+const SCHED_OTHER: u32 = 0;
+const SCHED_IDLE: u32 = 5;
+
+/// Every thread of `pid`, by name (`comm`, at most 15 bytes): policy and nice of each.
+fn threads_of(pid: u32) -> BTreeMap<String, Vec<(u32, i32)>> {
+    let mut threads: BTreeMap<String, Vec<(u32, i32)>> = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(tid) = path.file_name().unwrap().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // A thread may end between the listing and the reads.
+        let (Ok(comm), Ok(scheduling)) = (
+            std::fs::read_to_string(path.join("comm")),
+            thread_scheduling(pid, tid),
+        ) else {
+            continue;
+        };
+        threads
+            .entry(comm.trim().to_owned())
+            .or_default()
+            .push(scheduling);
+    }
+    threads
+}
+
+#[test]
+fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
+    let root = temp_repo("priority");
+    copy_dir(
+        &models_dir().join("digits-mlp/1"),
+        &root.join("digits-mlp/1"),
+    );
+    let pools = cfg!(feature = "intra-op-threads");
+    if pools {
+        std::fs::write(root.join("digits-mlp/serving.toml"), "threads = 2\n").unwrap();
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_inferd"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .args([
+            "--workers",
+            "2",
+            "--worker-nice",
+            "4",
+            "--model-poll-ms",
+            "100",
+        ])
+        .args(["--model-cache", "off", "--models"])
+        .arg(&root);
+    let (mut child, lines) = spawn_logged(command);
+    let limit = Duration::from_secs(60);
+    wait_for(&lines, "listening on ", limit);
+    // Version 2 is loaded, with its own intra-op pool, by the watch thread.
+    copy_dir(
+        &models_dir().join("digits-mlp/1"),
+        &root.join("digits-mlp/2"),
+    );
+    wait_for(&lines, "loaded digits-mlp v2", limit);
+    let threads = threads_of(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&root);
+
+    let one = |name: &str| -> (u32, i32) {
+        match threads.get(name).map(Vec::as_slice) {
+            Some([only]) => *only,
+            other => panic!("expected one thread {name:?}, got {other:?} in {threads:?}"),
+        }
+    };
+    // With one I/O thread, the main thread runs the executor.
+    let (io_policy, io_nice) = one("inferd");
+    assert_eq!(io_policy, SCHED_OTHER);
+    let inference = (SCHED_OTHER, (io_nice + 4).min(19));
+    assert_eq!(one("inferd-worker-0"), inference);
+    assert_eq!(one("inferd-worker-1"), inference);
+    // The watch thread loads at idle priority: what the pool would inherit without the spawner.
+    assert_eq!(one("inferd-models").0, SCHED_IDLE);
+    if !pools {
+        return;
+    }
+    // Names are cut to 15 bytes: "inferd-intra-op-N" reads "inferd-intra-op". Version 2's pool is
+    // among them (version 1's may still be draining).
+    let pools = threads.get("inferd-intra-op").cloned().unwrap_or_default();
+    assert!(pools.len() >= 2, "no intra-op pool threads in {threads:?}");
+    assert!(
+        pools.iter().all(|&t| t == inference),
+        "intra-op threads {pools:?}, expected all {inference:?}"
+    );
+}
