@@ -37,9 +37,10 @@ const CONTROL_QUEUE: usize = 16;
 /// Bytes read from the socket at a time: a peer that pipelines gets several frames per `recv` rather
 /// than three system calls per frame (first byte, header, body); at 256 connections, 2 MiB in all.
 const READ_BUFFER: usize = 8 << 10;
-/// Answers that are ready when the writer wakes are sent in one `send` up to this many bytes: under
-/// load one system call carries many small answers instead of one each.
-const WRITE_BATCH: usize = 64 << 10;
+/// Answers that are ready when the writer wakes are sent in one `send` up to about this many bytes:
+/// under load one system call carries many small answers instead of one each. Small frames are
+/// copied together (at most twice this per busy connection); a larger one is written on its own.
+const WRITE_BATCH: usize = 16 << 10;
 /// After a fatal error frame, how long unread input is drained so that closing does not reset the
 /// connection (a reset can destroy the error frame before the peer reads it).
 const LINGER: Duration = Duration::from_millis(200);
@@ -337,9 +338,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         Stop,
     }
     let limit = ctx.config.frame_timeout;
-    // Frames ready together, written with one send; the answers among them, recorded once written.
-    let mut out: Vec<u8> = Vec::new();
+    // Frames ready together, written with as few sends as they allow; the answers among them,
+    // recorded once written.
+    let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut finished: Vec<(Completion, Option<ErrorCode>)> = Vec::new();
+    let mut joined: Vec<u8> = Vec::new();
     loop {
         // Control frames first: they are small and include the errors that end a connection.
         let next = or(
@@ -354,30 +357,30 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         )
         .await;
         let mut next = Some(next);
+        let mut bytes = 0;
         // Then whatever else is ready now, without waiting, up to WRITE_BATCH bytes.
         while let Some(item) = next.take() {
             match item {
-                Next::Stop => {
-                    if out.is_empty() {
-                        let _ = timeout(limit, w.close()).await;
-                        return;
-                    }
-                    break;
+                Next::Stop => break,
+                Next::Control(frame) => {
+                    bytes += frame.len();
+                    frames.push(frame);
                 }
-                Next::Control(frame) => out.extend_from_slice(&frame),
                 Next::Done(c) => {
                     let (frame, code) = completion_frame(&c, ctx);
-                    if let Some(frame) = &frame {
-                        out.extend_from_slice(frame);
+                    if let Some(frame) = frame {
+                        bytes += frame.len();
+                        frames.push(frame);
                     }
                     finished.push((c, code));
                 }
             }
-            if out.len() < WRITE_BATCH {
+            if bytes < WRITE_BATCH {
                 next = match (ctl.try_recv(), done.try_recv()) {
                     (Ok(frame), Ok(c)) => {
-                        // Both at once: take the answer into this batch as well.
-                        out.extend_from_slice(&frame);
+                        // Both at once: the answer joins this batch too.
+                        bytes += frame.len();
+                        frames.push(frame);
                         Some(Next::Done(c))
                     }
                     (Ok(frame), Err(_)) => Some(Next::Control(frame)),
@@ -386,18 +389,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 };
             }
         }
-        let written = if out.is_empty() {
-            Ok(())
-        } else {
-            write_frame(w, &out, limit).await
-        };
-        if written.is_ok() {
-            lm.sent.inc_by(out.len() as u64);
+        if frames.is_empty() && finished.is_empty() {
+            // Stop, with nothing left to write.
+            break;
         }
-        out.clear();
-        if out.capacity() > WRITE_BATCH * 2 {
-            // One large answer grew it; do not keep that much per idle connection.
-            out = Vec::new();
+        let written = write_frames(w, &frames, &mut joined, limit).await;
+        frames.clear();
+        if written.is_ok() {
+            lm.sent.inc_by(bytes as u64);
         }
         for (c, code) in finished.drain(..) {
             in_flight.finish(c.id);
@@ -411,6 +410,39 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = timeout(limit, w.close()).await;
+}
+
+/// Writes `frames` in order with as few sends as they allow: one frame as it is; several small ones
+/// joined in `joined` first; one of `WRITE_BATCH` bytes or more on its own, not copied.
+///
+/// # Errors
+/// The first write's error or timeout; what follows it is not written.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frames: &[Vec<u8>],
+    joined: &mut Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<()> {
+    if let [only] = frames {
+        return write_frame(w, only, limit).await;
+    }
+    joined.clear();
+    for frame in frames {
+        if frame.len() < WRITE_BATCH {
+            joined.extend_from_slice(frame);
+            continue;
+        }
+        if !joined.is_empty() {
+            write_frame(w, joined, limit).await?;
+            joined.clear();
+        }
+        write_frame(w, frame, limit).await?;
+    }
+    if !joined.is_empty() {
+        write_frame(w, joined, limit).await?;
+        joined.clear();
+    }
+    Ok(())
 }
 
 /// Records an inference answer that reached the socket: its metrics, and a sampled access-log line.
@@ -451,4 +483,60 @@ async fn linger<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut 
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A writer that records each `write` call's bytes.
+    #[derive(Default)]
+    struct Sends(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Sends {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn sends(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut w = Sends::default();
+        let mut joined = Vec::new();
+        futures_lite::future::block_on(write_frames(
+            &mut w,
+            frames,
+            &mut joined,
+            Duration::from_secs(1),
+        ))
+        .unwrap();
+        assert!(joined.is_empty(), "the join buffer is left empty");
+        w.0
+    }
+
+    #[test]
+    fn small_frames_go_out_together_and_large_ones_alone_in_order() {
+        let big = vec![9u8; WRITE_BATCH];
+        let frames = vec![vec![1, 1], vec![2], big.clone(), vec![3], vec![4, 4]];
+        assert_eq!(
+            sends(&frames),
+            vec![vec![1, 1, 2], big.clone(), vec![3, 4, 4]]
+        );
+        assert_eq!(sends(&[vec![5]]), vec![vec![5]]);
+        assert_eq!(sends(std::slice::from_ref(&big)), vec![big]);
+        assert!(sends(&[]).is_empty());
+    }
 }
