@@ -8,7 +8,8 @@
 //! below the process ([`spawn_inference`]), so that the I/O threads preempt them when a frame
 //! arrives. It is off (0) by default: measured pinned on one CPU (doc/BENCHMARKS.md, "Overload"),
 //! nice 5 cut refusal p99 by a third but cost 12–20 % of saturation throughput, the price of
-//! preempting a model run for every frame. Model loads and swaps run at `SCHED_IDLE`
+//! preempting a model run for every frame; once connections read and wrote several frames per
+//! system call, the refusals gained nothing more and the cost stayed. Model loads and swaps run at `SCHED_IDLE`
 //! ([`background`]).
 //!
 //! Linux threads inherit their creator's scheduling policy and nice value, and an unprivileged
