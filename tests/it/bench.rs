@@ -118,12 +118,7 @@ fn open_loop_sends_exactly_the_seeded_poisson_arrivals() {
 #[test]
 fn errors_are_counted_by_code() {
     let server = TestServer::start();
-    let input = format!(
-        "X={}",
-        crate::harness::repo_root()
-            .join("models/digits-mlp/1/sample/X.npy")
-            .display()
-    );
+    let input = crate::harness::input_arg("X", "models/digits-mlp/1/sample/X.npy");
     let r = bench(
         &server,
         &[
@@ -148,12 +143,7 @@ fn overload_refusals_are_timed_from_sending() {
         c.workers = 1;
         c.queue_capacity = 1;
     });
-    let input = format!(
-        "x={}",
-        crate::harness::repo_root()
-            .join("models/ppocr-cls/1/sample/x.npy")
-            .display()
-    );
+    let input = crate::harness::input_arg("x", "models/ppocr-cls/1/sample/x.npy");
     let r = bench(
         &server,
         &[

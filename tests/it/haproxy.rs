@@ -16,8 +16,8 @@ use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{encode_frame_vec, Hello, Request, Response, ServingState};
 
 use crate::harness::{
-    digits_input, infer_digits, installed, listening_addr, models_dir, repo_root, spawn_logged,
-    wait_for,
+    digits_input, infer_digits, installed, listening_addr, models_dir, repo_root, serve_command,
+    spawn_logged, wait_for,
 };
 
 fn hex(frame: &[u8]) -> String {
@@ -77,12 +77,8 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Daemon {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_inferd"));
-        command
-            .args(["serve", "--workers", "1", "--listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "off", "--shutdown-delay-ms", "2000"])
-            .arg("--models")
-            .arg(models_dir());
+        let mut command = serve_command(models_dir());
+        command.args(["--workers", "1", "--shutdown-delay-ms", "2000"]);
         let (child, lines) = spawn_logged(command);
         let addr = listening_addr(&wait_for(&lines, "listening on ", Duration::from_secs(60)));
         Daemon { child, addr, lines }

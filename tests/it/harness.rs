@@ -203,6 +203,28 @@ pub fn installed(tool: &str, version_arg: &str) -> bool {
     found
 }
 
+/// `inferd serve` on the repository `models`, listening on 127.0.0.1:0 without a metrics listener;
+/// callers add their flags.
+pub fn serve_command(models: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_inferd"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--models")
+        .arg(models);
+    command
+}
+
+/// A `--input NAME=PATH` value for `inferd bench`, `path` relative to the repository root.
+pub fn input_arg(name: &str, path: &str) -> String {
+    format!("{name}={}", repo_root().join(path).display())
+}
+
 /// Spawns a server command with its stderr (the log) piped; the log lines arrive on the channel.
 pub fn spawn_logged(
     mut command: std::process::Command,

@@ -526,20 +526,11 @@ fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(
 
 #[test]
 fn lock_memory_locks_the_loaded_models_or_refuses_to_start_saying_why() {
-    use crate::harness::{signal, spawn_logged};
+    use crate::harness::{serve_command, signal, spawn_logged};
     let repo = temp_repo("lock");
     add_digits(&repo, 1);
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_inferd"));
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-        ])
-        .args(["--lock-memory", "true", "--models"])
-        .arg(&repo);
+    let mut command = serve_command(&repo);
+    command.args(["--lock-memory", "true"]);
     let (mut child, lines) = spawn_logged(command);
     // Either it locked (root, CAP_IPC_LOCK or a large RLIMIT_MEMLOCK) or it stopped with the fix.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

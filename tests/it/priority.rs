@@ -3,12 +3,11 @@
 //! the pool was built by the idle-priority model watch thread during a swap; the watch thread idle.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use inferd::priority::thread_scheduling;
 
-use crate::harness::{copy_dir, models_dir, spawn_logged, temp_repo, wait_for};
+use crate::harness::{copy_dir, models_dir, serve_command, spawn_logged, temp_repo, wait_for};
 
 /// Policy numbers of `sched_setscheduler(2)`.
 const SCHED_OTHER: u32 = 0;
@@ -48,15 +47,8 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
     if pools {
         std::fs::write(root.join("digits-mlp/serving.toml"), "threads = 2\n").unwrap();
     }
-    let mut command = Command::new(env!("CARGO_BIN_EXE_inferd"));
+    let mut command = serve_command(&root);
     command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-        ])
         .args([
             "--workers",
             "2",
@@ -65,8 +57,7 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
             "--model-poll-ms",
             "100",
         ])
-        .args(["--model-cache", "off", "--models"])
-        .arg(&root);
+        .args(["--model-cache", "off"]);
     let (mut child, lines) = spawn_logged(command);
     let limit = Duration::from_secs(60);
     wait_for(&lines, "listening on ", limit);
