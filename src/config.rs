@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `worker_yield_us` unless configured: refusals within ~1 ms on a CPU shared by a worker and the
+/// I/O thread, for ~10 % of a 0.1 ms model's throughput (doc/BENCHMARKS.md, "Overload").
+const DEFAULT_WORKER_YIELD_US: u64 = 500;
+
 use serde::Deserialize;
 
 use crate::model::policy::VersionPolicy;
@@ -85,6 +89,12 @@ pub struct ServeArgs {
     /// CPU, at some cost in throughput; 0 runs them at the process's priority. [default: 0]
     #[arg(long, env = "INFERD_WORKER_NICE")]
     pub worker_nice: Option<i32>,
+    /// A worker that has run this long without blocking, with more work queued, yields the CPU once,
+    /// so that an I/O thread sharing it admits or refuses what arrived meanwhile; 0 never yields
+    /// (a little more throughput for fast models, refusals that wait up to a time slice).
+    /// [default: 500]
+    #[arg(long, env = "INFERD_WORKER_YIELD_US")]
+    pub worker_yield_us: Option<u64>,
     /// Threads doing network I/O (never inference). [default: 1]
     #[arg(long, env = "INFERD_IO_THREADS")]
     pub io_threads: Option<usize>,
@@ -165,6 +175,7 @@ struct FileConfig {
     model_cache: Option<PathBuf>,
     workers: Option<usize>,
     worker_nice: Option<i32>,
+    worker_yield_us: Option<u64>,
     io_threads: Option<usize>,
     max_connections: Option<usize>,
     max_in_flight: Option<u32>,
@@ -213,6 +224,8 @@ pub struct ServeConfig {
     pub queue_capacity: usize,
     /// Most rows per batch (1: no batching).
     pub max_batch: u64,
+    /// How long a busy worker runs before it yields the CPU once; `None`: never.
+    pub worker_yield: Option<Duration>,
     /// Hello must arrive within this.
     pub handshake_timeout: Duration,
     /// Idle connections are closed after this (stated to clients in milliseconds).
@@ -383,6 +396,14 @@ impl ServeConfig {
                 .unwrap_or(4 << 20),
             queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(256),
             max_batch: args.max_batch.or(file.max_batch).unwrap_or(32),
+            worker_yield: match args
+                .worker_yield_us
+                .or(file.worker_yield_us)
+                .unwrap_or(DEFAULT_WORKER_YIELD_US)
+            {
+                0 => None,
+                us => Some(Duration::from_micros(us)),
+            },
             handshake_timeout: ms(args
                 .handshake_timeout_ms
                 .or(file.handshake_timeout_ms)
@@ -447,6 +468,11 @@ impl ServeConfig {
         check(
             (1..=1024).contains(&self.workers),
             "workers must be 1..=1024",
+        )?;
+        check(
+            self.worker_yield
+                .is_none_or(|d| d <= Duration::from_secs(1)),
+            "worker_yield_us must be 0..=1000000",
         )?;
         check(
             (0..=19).contains(&self.repository.worker_nice),
@@ -629,6 +655,14 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(ServeConfig::resolve(&args).is_err());
+        let args = ServeArgs {
+            worker_yield_us: Some(1_000_001),
+            ..ServeArgs::default()
+        };
+        assert!(ServeConfig::resolve(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("worker_yield_us"));
         let args = ServeArgs {
             worker_nice: Some(20),
             ..ServeArgs::default()

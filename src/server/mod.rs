@@ -287,6 +287,7 @@ impl Server {
             config.queue_capacity,
             config.max_batch,
             config.repository.worker_nice,
+            config.worker_yield,
         )
         .map_err(|e| format!("starting workers: {e}"))?;
         // Every worker runs every served version once before the first request (tract's scratch

@@ -394,7 +394,7 @@ fn each_worker_runs_a_version_before_it_serves() {
     add_digits(&repo, 1);
     let models = open(&repo);
     let m = models.snapshot().get("digits", None).unwrap();
-    let scheduler = Scheduler::start(3, 8, 1, 0).unwrap();
+    let scheduler = Scheduler::start(3, 8, 1, 0, None).unwrap();
     // Waits for one run on each of the three workers; warm-up runs are not request executions.
     scheduler.warm(&m).unwrap();
     assert_eq!(scheduler.stats().executions, 0);
