@@ -188,16 +188,21 @@ fn cancel_takes_a_queued_request_out_without_computing_it() {
 #[test]
 fn a_client_that_stops_waiting_cancels_its_request() {
     let server = TestServer::with(|c| c.workers = 1);
-    // Counted before the blocker: the second batch may be taken before or after its sender returns
-    // (sending 3 MB can outlast the blocker), so no count is read in between.
+    // Counted before the blocker, so that the counts do not depend on what the worker has taken
+    // by the time a later count would be read.
     let before = server.handle.scheduler_stats();
     let mut blocker = occupy_worker(&server);
-    // A second large batch queues behind the first: the worker stays busy for a good while.
+    // A backlog of ppocr-cls requests (~2 ms of compute each, small frames that are admitted
+    // faster than they are computed) queues behind the blocker. The client below asks only once
+    // at least 30 of them (~50 ms of work) are queued, so its request is still waiting when it
+    // gives up after 30 ms and cancels it.
+    const BACKLOG: u32 = 60;
     let mut second = Raw::ready(server.addr);
-    let mut batch = digits_input();
-    batch.data = batch.data.repeat(crate::errors::SLOW_ROWS);
-    batch.shape = vec![crate::errors::SLOW_ROWS as u64, 64];
-    second.infer(0, "digits-mlp", std::slice::from_ref(&batch));
+    let line = ppocr_input();
+    for id in 0..BACKLOG {
+        second.infer(id, "ppocr-cls", std::slice::from_ref(&line));
+    }
+    eventually("the backlog never queued", || server.handle.queued() >= 30);
     let options = inferd::client::ClientOptions {
         request_timeout: Duration::from_millis(30),
         ..inferd::client::ClientOptions::default()
@@ -208,7 +213,10 @@ fn a_client_that_stops_waiting_cancels_its_request() {
         .unwrap_err();
     assert!(matches!(err, inferd::client::ClientError::Timeout), "{err}");
     release(&mut blocker);
-    assert!(matches!(second.recv(), Some(Got::Result { id: 0, .. })));
+    for _ in 0..BACKLOG {
+        let got = second.recv();
+        assert!(matches!(got, Some(Got::Result { .. })), "{got:?}");
+    }
     drained(&server);
     let after = server.handle.scheduler_stats();
     assert_eq!(
@@ -218,7 +226,7 @@ fn a_client_that_stops_waiting_cancels_its_request() {
     );
     assert_eq!(
         after.computed - before.computed,
-        2,
-        "only the blocker and the second batch ran"
+        1 + u64::from(BACKLOG),
+        "only the blocker and the backlog ran, not the cancelled request"
     );
 }
