@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `worker_yield_us` unless configured: refusals within ~1 ms on a CPU shared by a worker and the
-/// I/O thread, for ~10 % of a 0.1 ms model's throughput (doc/BENCHMARKS.md, "Overload").
-const DEFAULT_WORKER_YIELD_US: u64 = 500;
-
 use serde::Deserialize;
 
 use crate::model::policy::VersionPolicy;
+
+/// `worker_yield_us` unless configured: refusals within ~1 ms on a CPU shared by a worker and the
+/// I/O thread, for ~10 % of a 0.1 ms model's throughput (doc/BENCHMARKS.md, "Overload").
+const DEFAULT_WORKER_YIELD_US: u64 = 500;
 
 /// Flags of `inferd serve`. Every flag has an `INFERD_*` environment variable; both override the file.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -642,35 +642,19 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused() {
-        let args = ServeArgs {
-            max_frame_bytes: Some(10),
-            ..ServeArgs::default()
-        };
-        assert!(ServeConfig::resolve(&args)
-            .unwrap_err()
-            .to_string()
-            .contains("max_frame_bytes"));
-        let args = ServeArgs {
-            workers: Some(0),
-            ..ServeArgs::default()
-        };
-        assert!(ServeConfig::resolve(&args).is_err());
-        let args = ServeArgs {
-            worker_yield_us: Some(1_000_001),
-            ..ServeArgs::default()
-        };
-        assert!(ServeConfig::resolve(&args)
-            .unwrap_err()
-            .to_string()
-            .contains("worker_yield_us"));
-        let args = ServeArgs {
-            worker_nice: Some(20),
-            ..ServeArgs::default()
-        };
-        assert!(ServeConfig::resolve(&args)
-            .unwrap_err()
-            .to_string()
-            .contains("worker_nice"));
+        type Set = fn(&mut ServeArgs);
+        let cases: [(&str, Set); 4] = [
+            ("max_frame_bytes", |a| a.max_frame_bytes = Some(10)),
+            ("workers", |a| a.workers = Some(0)),
+            ("worker_yield_us", |a| a.worker_yield_us = Some(1_000_001)),
+            ("worker_nice", |a| a.worker_nice = Some(20)),
+        ];
+        for (key, set) in cases {
+            let mut args = ServeArgs::default();
+            set(&mut args);
+            let message = ServeConfig::resolve(&args).unwrap_err().to_string();
+            assert!(message.contains(key), "{key}: {message}");
+        }
     }
 
     #[test]

@@ -159,6 +159,10 @@ struct State {
     total: usize,
     next_seq: u64,
     closed: bool,
+    /// Workers blocked on `ready`. Waking none costs nothing, but `Condvar::notify_one` makes a
+    /// system call even when nobody waits: under load, when every worker is busy, that was two
+    /// futex calls per request (one by the I/O thread admitting it, one by the worker after it).
+    sleepers: usize,
     /// Per model name (all versions): requests queued or running, and executions running.
     load: HashMap<String, ModelLoad>,
 }
@@ -269,7 +273,7 @@ impl Scheduler {
     /// `max_in_flight` requests, `SHUTTING_DOWN` once [`Scheduler::shutdown`] has begun.
     pub fn submit(&self, job: Job) -> Result<(), RequestError> {
         let (rows, key) = batch_shape(&job);
-        {
+        let wake = {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(RequestError::new(
@@ -328,8 +332,11 @@ impl Scheduler {
                     });
                 }
             }
+            st.sleepers > 0
+        };
+        if wake {
+            self.shared.ready.notify_one();
         }
-        self.shared.ready.notify_one();
         Ok(())
     }
 
@@ -559,7 +566,7 @@ fn work(shared: &Shared, me: usize) {
             }
             run(shared, &model, batch);
         }
-        let waiting = {
+        let (waiting, sleepers) = {
             let mut st = shared.lock();
             st.adjust(&model.name, |l| {
                 l.in_flight = l.in_flight.saturating_sub(taken);
@@ -567,9 +574,9 @@ fn work(shared: &Shared, me: usize) {
                     l.running = l.running.saturating_sub(1);
                 }
             });
-            st.total
+            (st.total, st.sleepers)
         };
-        if running && waiting > 0 {
+        if running && waiting > 0 && sleepers > 0 {
             // A worker may be waiting on this model's `workers` limit while this one goes on to
             // another model's older request.
             shared.ready.notify_one();
@@ -665,6 +672,7 @@ fn next_batch(shared: &Shared, me: usize) -> Option<Next> {
             shared.ready.notify_all();
             return None;
         }
+        st.sleepers += 1;
         st = match wake {
             Some(at) => {
                 let left = at.saturating_duration_since(Instant::now());
@@ -679,6 +687,7 @@ fn next_batch(shared: &Shared, me: usize) -> Option<Next> {
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner),
         };
+        st.sleepers -= 1;
     }
 }
 
