@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// musl's allocator maps and unmaps every large block (Cargo.toml says what that cost); the static
+/// builds use mimalloc instead. glibc's allocator reuses freed memory already.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = inferd::cli::Cli::parse();
     inferd::logging::init();
