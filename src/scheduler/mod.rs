@@ -520,10 +520,14 @@ fn work(shared: &Shared, me: usize) {
     let Some(busy) = shared.busy_since.get(me) else {
         return;
     };
-    // Since when this worker has run without blocking or yielding.
+    // Since when this worker has run without blocking or yielding: set as it starts the first job
+    // after a wait or a yield, so the first execution counts towards the slice.
     let mut ran_since: Option<Instant> = None;
     while let Some(next) = next_batch(shared, me) {
-        let since = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let started = Instant::now();
+        ran_since.get_or_insert(started);
+        let since = u64::try_from(started.saturating_duration_since(shared.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1);
         busy.store(since + 1, Ordering::Relaxed);
         let (model, batch, dead, running) = match next {
             Next::Work(taken) => taken,
@@ -587,7 +591,7 @@ fn work(shared: &Shared, me: usize) {
             ran_since = None;
         } else if shared
             .yield_every
-            .is_some_and(|every| ran_since.get_or_insert_with(Instant::now).elapsed() >= every)
+            .is_some_and(|every| ran_since.is_some_and(|t| t.elapsed() >= every))
         {
             // More work queued, and this worker has held the CPU for a while: let a runnable I/O
             // thread on this CPU have it first (admit or refuse the frames that arrived, send the
