@@ -463,6 +463,9 @@ mod tests {
             assert!(build.contains(&path), "build.rs does not digest {path}");
         }
         assert_eq!(env!("INFERD_IMPORT_DIGEST").len(), 16);
+        // And the patch series of our patched dependencies (patches/): a patched tract may import
+        // differently from the published version the key's engine names.
+        assert!(build.contains("fn patch_series()"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! A cross-built server (`cross/test`: the aarch64 or armv7 static binary under qemu-user), checked
-//! from this native test binary: it starts, reports tract's ARM kernels, serves every shipped model
-//! with outputs equal to onnxruntime's references, and drains on SIGTERM. Skipped unless
-//! `INFERD_CROSS_SERVER` names the command that runs it, e.g. `qemu-aarch64-static path/to/inferd`.
+//! A cross-built server (`cross/test`: the aarch64 or armv7 static binary under qemu-user, or the
+//! x86_64 one on an emulated AVX2-only CPU), checked from this native test binary: it starts,
+//! reports the kernels tract may pick there, serves every shipped model with outputs equal to
+//! onnxruntime's references, and drains on SIGTERM. Skipped unless `INFERD_CROSS_SERVER` names the
+//! command that runs it, e.g. `qemu-aarch64-static path/to/inferd`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -40,6 +41,16 @@ fn cross_built_server_serves_every_shipped_model_with_the_reference_outputs() {
         assert!(
             kernels.starts_with("arm neon") && kernels.contains("armv7neon_mmm_f32"),
             "tract should pick its NEON kernels: {kernels}"
+        );
+    } else if command.contains("-cpu Haswell") {
+        // AVX2 and FMA, nothing of AVX-512: the f32 models run on tract's FMA kernels and int8
+        // matrix products on its AVX2 kernel (patches/: 0001).
+        assert!(
+            kernels.starts_with("x86_64 ")
+                && kernels.contains("fma_mmm_f32")
+                && kernels.contains("avx2_mmm_i32_8x8")
+                && !kernels.contains("avx512"),
+            "an AVX2-only CPU should offer tract's FMA and AVX2 kernels alone: {kernels}"
         );
     }
     crate::models::check_every_shipped_model(addr);
