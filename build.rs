@@ -22,14 +22,11 @@ const IMPORT_SOURCES: [&str; 4] = [
 fn main() {
     // FNV-1a, 64 bits: stable across toolchains, and enough to tell two versions of these files apart.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for file in IMPORT_SOURCES {
-        println!("cargo:rerun-if-changed={file}");
-        let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
-        for byte in bytes {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    for file in patch_series() {
+    let files = IMPORT_SOURCES
+        .iter()
+        .map(std::path::PathBuf::from)
+        .chain(patch_series());
+    for file in files {
         println!("cargo:rerun-if-changed={}", file.display());
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for byte in bytes {

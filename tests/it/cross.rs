@@ -43,8 +43,8 @@ fn cross_built_server_serves_every_shipped_model_with_the_reference_outputs() {
             "tract should pick its NEON kernels: {kernels}"
         );
     } else if command.contains("-cpu Haswell") {
-        // AVX2 and FMA, nothing of AVX-512: the f32 models run on tract's FMA kernels and int8
-        // matrix products on its AVX2 kernel (patches/: 0001).
+        // AVX2 and FMA, nothing of AVX-512: the f32 models run on tract's FMA kernels, and its
+        // int8 kernel is the AVX2 one (patched: patches/, 0001).
         assert!(
             kernels.starts_with("x86_64 ")
                 && kernels.contains("fma_mmm_f32")
