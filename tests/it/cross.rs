@@ -44,11 +44,12 @@ fn cross_built_server_serves_every_shipped_model_with_the_reference_outputs() {
         );
     } else if command.contains("-cpu Haswell") {
         // AVX2 and FMA, nothing of AVX-512: the f32 models run on tract's FMA kernels, and its
-        // int8 kernel is the AVX2 one (patched: patches/, 0001).
+        // int8 kernels are the AVX2 ones of patches/ (0001 re-encoded one, 0002 added the other).
         assert!(
             kernels.starts_with("x86_64 ")
                 && kernels.contains("fma_mmm_f32")
                 && kernels.contains("avx2_mmm_i32_8x8")
+                && kernels.contains("avx2k4_mmm_i32_8x8")
                 && !kernels.contains("avx512"),
             "an AVX2-only CPU should offer tract's FMA and AVX2 kernels alone: {kernels}"
         );

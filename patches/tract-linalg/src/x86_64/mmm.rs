@@ -6,7 +6,6 @@ use crate::isa::IsaSet;
 use crate::mmm::{Query, Suitable};
 use crate::mmm_tiers::MmmTier;
 use crate::pack::PackedFormat;
-#[cfg(any(tract_avx512vnni, tract_avxvnni, tract_amx_int8))]
 use crate::pack::PackedI8K4;
 
 #[cfg(tract_amx_int8)]
@@ -144,6 +143,18 @@ MMMExternKernel! { x86_64; avx_mmm_i32_8x4<i32>(8,4)@(256,4) isa(X86_64Avx)
 
 MMMExternKernel! { x86_64; avx2_mmm_i32_8x8<i32>(8,8)@(256,4) isa(X86_64Avx2)
     packing[1] = i8i8 => |k| k.with_packing(PackedFormat::new(DatumType::I8, 8, 256), PackedFormat::new(DatumType::I8, 8, 4));
+
+    store(i8)
+}
+
+// AVX2 int8 GEMM: same 8x8 column-accumulator tile and epilogue as avx2_mmm_i32_8x8, but the i8i8
+// inner loop sign-extends pairs of K to i16 and multiplies them with VPMADDWD (two products summed
+// per i32 lane, exact for any int8), where avx2_mmm_i32_8x8 widens and multiplies one K at a time
+// with VPMULLW. A (the weights, packed once) in the VNNI kernels' K=4-inner PackedI8K4 layout; B in
+// avx2_mmm_i32_8x8's plain panel, which Im2col writes fast. The int8 kernel of the avx2 tier (CPUs
+// without AVX-512 VNNI or AVX-VNNI).
+MMMExternKernel! { x86_64; avx2k4_mmm_i32_8x8<i32>(8,8)@(256,4) isa(X86_64Avx2)
+    packing[1] = i8i8 => |k| k.with_packing(PackedI8K4::new(8), PackedFormat::new(DatumType::I8, 8, 4));
 
     store(i8)
 }
@@ -424,7 +435,7 @@ fn avx2_preferred(
 ) -> Option<&'static str> {
     match (dt, query.n) {
         (DatumType::I32, Some(1)) => None,
-        (DatumType::I32, _) => Some(&mmm::avx2_mmm_i32_8x8.name.as_str()),
+        (DatumType::I32, _) => Some(&mmm::avx2k4_mmm_i32_8x8.name.as_str()),
         _ => None,
     }
 }
@@ -632,6 +643,52 @@ mod tests {
     use super::*;
     use crate::frame::mmm::{AsInputValue, FusedSpec};
     use tract_data::internal::*;
+
+    /// avx2k4_mmm_i32_8x8 on every K remainder (its B panel is not padded to a multiple of 4, so a
+    /// last partial block of 1 to 3 rows has its own path), partial tiles, and the full i8 range.
+    #[test]
+    fn avx2k4_mmm_i32_8x8_matches_a_reference_for_every_k_remainder() -> TractResult<()> {
+        if !is_x86_feature_detected!("avx2") {
+            return Ok(());
+        }
+        let ker = avx2k4_mmm_i32_8x8.mmm();
+        let (pack_a, pack_b) = &ker.packings()[1];
+        for (m, n) in [(8usize, 8usize), (13, 11)] {
+            for k in 1usize..=13 {
+                let a: Vec<i8> =
+                    (0..m * k).map(|i| ((i * 97 + k * 31) % 256) as u8 as i8).collect();
+                let b: Vec<i8> =
+                    (0..k * n).map(|i| ((i * 61 + 7 * m + k) % 256) as u8 as i8).collect();
+                let ta = tract_ndarray::Array2::from_shape_vec((m, k), a.clone())?.into_tensor();
+                let tb = tract_ndarray::Array2::from_shape_vec((k, n), b.clone())?.into_tensor();
+                let pa = pack_a.prepare_one(&ta, 1, 0)?;
+                let pb = pack_b.prepare_one(&tb, 0, 1)?;
+                let mut c = Tensor::zero::<i32>(&[m, n])?;
+                unsafe {
+                    let c_spec = ker.c_from_data_and_strides(4, n as isize, 1);
+                    let c_view = c.view_mut();
+                    let ops: TVec<FusedSpec> = tvec!(
+                        FusedSpec::AddMatMul {
+                            a: AsInputValue::Borrowed(&*pa),
+                            b: AsInputValue::Borrowed(&*pb),
+                            packing: 1,
+                        },
+                        FusedSpec::Store(c_spec.wrap(&c_view)),
+                    );
+                    ker.run(m, n, &ops)?;
+                }
+                let got = c.to_plain_array_view::<i32>()?;
+                for r in 0..m {
+                    for col in 0..n {
+                        let want: i32 =
+                            (0..k).map(|i| a[r * k + i] as i32 * b[i * n + col] as i32).sum();
+                        assert_eq!(got[[r, col]], want, "m={m} n={n} k={k} at ({r}, {col})");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn avx512_128x1_add_unicast_with_strided_c() -> TractResult<()> {
