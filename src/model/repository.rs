@@ -284,12 +284,16 @@ impl Repository {
     /// A request wants `name`, a model loaded on demand that is not resident: the next rescan loads
     /// it (evicting the least recently used on-demand models if the budget needs room). A refusal by
     /// the budget is retried on demand, since memory may have been freed since.
+    ///
+    /// The refusal stays recorded (and is what requests are told) until that retry ends: erasing
+    /// it here let a rescan running meanwhile publish "loading it now" for a model it would
+    /// refuse again, so clients saw the reason come and go.
     pub fn demand(&self, name: &str) {
-        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
-        book.demand.insert(name.to_owned());
-        book.versions.retain(|(n, _), e| {
-            !(n == name && e.state == VersionState::Failed && e.reason.contains(DOES_NOT_FIT))
-        });
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .demand
+            .insert(name.to_owned());
     }
 
     /// Failed loads since start, by model, and snapshots swapped in since start.
@@ -496,9 +500,14 @@ impl Repository {
                         served.insert(v, Arc::clone(old));
                         continue;
                     }
-                    if known.map(|e| e.state) == Some(VersionState::Failed) {
-                        // Failed with these very files: not retried until they change.
-                        continue;
+                    if let Some(e) = known.filter(|e| e.state == VersionState::Failed) {
+                        // Failed with these very files: not retried until they change, except a
+                        // refusal by the budget that a request asks again for (memory may have
+                        // been freed since).
+                        let retry = demand.contains(&name) && e.reason.contains(DOES_NOT_FIT);
+                        if !retry {
+                            continue;
+                        }
                     }
                 }
                 self.record(&name, v, fingerprint, VersionState::Loading, "loading");
