@@ -12,11 +12,12 @@
 
 /// The files read; `src/model/cache.rs` has a test that this list names every file of
 /// `src/model/runtime/` that runs before serialisation.
-const IMPORT_SOURCES: [&str; 4] = [
+const IMPORT_SOURCES: [&str; 5] = [
     "src/model/runtime/mod.rs",
     "src/model/runtime/traps.rs",
     "src/model/runtime/weights.rs",
     "src/model/runtime/quantize.rs",
+    "src/model/runtime/depthwise.rs",
 ];
 
 fn main() {

@@ -180,3 +180,60 @@ fn shipped_qdq_models_run_inferd_s_quantize_linear() {
         );
     }
 }
+
+#[test]
+fn quantized_depthwise_convolutions_run_on_the_float_depthwise_op_and_match_onnxruntime_exactly() {
+    use inferd::model::runtime::Prepared;
+    // Not a wrong answer but a slow one: tract 0.23.9 runs them as an im2col and one single-row
+    // integer matmul per channel. Sums of products of 8-bit integers are exact in f32 below 2^24,
+    // so the outputs stay onnxruntime's to the last bit (u8 after requantization, i32 for
+    // ConvInteger), whether the model is imported or read back from the prepared-model cache (the
+    // dynamic one has no cached form: tract's NNEF has no DynamicQuantizeLinear).
+    for (name, input, output, convs, cached) in [
+        ("qlinear-depthwise", "x", "y", 2, true),
+        ("integer-depthwise", "x", "acc", 1, false),
+    ] {
+        let dir = fixture(name);
+        let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
+        let (prepared, _) = Prepared::from_onnx(&bytes, None).unwrap();
+        let mut runtimes = Vec::new();
+        if cached {
+            let archive = prepared.to_nnef().unwrap();
+            let read_back = Prepared::from_nnef(
+                &archive,
+                prepared.output_names().to_vec(),
+                prepared.repairs().to_vec(),
+            )
+            .unwrap();
+            runtimes.push(("from the cache", read_back.into_runtime().unwrap()));
+        }
+        runtimes.push(("imported", prepared.into_runtime().unwrap()));
+        for (how, runtime) in runtimes {
+            let what = format!("{name} ({how})");
+            let note = format!("runs {convs} quantized depthwise convolutions");
+            assert!(
+                runtime.repairs().iter().any(|r| r.contains(&note)),
+                "{what}: {:?}",
+                runtime.repairs()
+            );
+            let input = npy(dir.join("input.npy"), input);
+            let ops: Vec<String> = runtime
+                .profile(std::slice::from_ref(&input), 1)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.op)
+                .collect();
+            assert!(
+                ops.iter().filter(|op| op.contains("DepthWise")).count() == convs,
+                "{what}: {ops:?}"
+            );
+            assert!(
+                !ops.iter().any(|op| op.contains("Im2col")),
+                "{what}: {ops:?}"
+            );
+            let got = runtime.run(vec![input]).unwrap();
+            let want = npy(dir.join(format!("{output}.npy")), output);
+            assert_close(&got[0], &want, 0.0, &what);
+        }
+    }
+}

@@ -21,6 +21,7 @@ use tract_onnx::tract_hir::internal::multithread;
 use super::{DimSpec, IoSpec};
 use crate::tensor::HostTensor;
 
+mod depthwise;
 mod quantize;
 mod quantize_linear;
 mod traps;
@@ -161,7 +162,10 @@ impl Prepared {
         let model = typed.into_decluttered().map_err(|e| format!("{e:#}"))?;
         let (model, folded) = weights::fold_integer_casts(model).map_err(|e| format!("{e:#}"))?;
         let model = quantize::swap_in(model).map_err(|e| format!("{e:#}"))?;
+        let (model, depthwise) =
+            depthwise::on_float_depthwise(model).map_err(|e| format!("{e:#}"))?;
         repairs.extend(folded);
+        repairs.extend(depthwise);
         let declutter = started.elapsed();
         let outputs = output_names(&model)?;
         Ok((
