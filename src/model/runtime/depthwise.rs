@@ -20,6 +20,7 @@
 //! The rewrite runs on the decluttered model, before it goes to the prepared-model cache, so a
 //! model read back from the cache has it too.
 
+use super::quantize_linear::int8_bounds;
 use tract_onnx::prelude::{
     DatumType, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedNode,
 };
@@ -160,19 +161,19 @@ impl Plan {
         if !exact {
             return Ok(None);
         }
+        let floats = |t: &Tensor| -> TractResult<Vec<f32>> {
+            let t = t.cast_to::<f32>()?;
+            Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+        };
+        let scalar = |t: &Tensor| -> TractResult<Option<f32>> {
+            let s = floats(t)?;
+            Ok((s.len() == 1).then(|| s[0]))
+        };
         let output = match out_dt {
             DatumType::I32 => {
                 // tract ignores the scales of a ConvInteger; only plain ones are expected there.
-                let ones = [4, 6].iter().all(|&ix| {
-                    konst(ix).is_some_and(|t| {
-                        t.cast_to::<f32>().is_ok_and(|t| {
-                            t.try_as_plain_ram()
-                                .and_then(|t| t.as_slice::<f32>())
-                                .is_ok_and(|s| s.iter().all(|&v| v == 1.0))
-                        })
-                    })
-                });
-                if !ones {
+                let mut scales = [4, 6].iter().map(|&ix| konst(ix).map(|t| floats(&t)));
+                if !scales.all(|s| matches!(s, Some(Ok(s)) if s.iter().all(|&v| v == 1.0))) {
                     return Ok(None);
                 }
                 Output::I32
@@ -183,11 +184,6 @@ impl Plan {
                 else {
                     return Ok(None);
                 };
-                let scalar = |t: &Tensor| -> TractResult<Option<f32>> {
-                    let t = t.cast_to::<f32>()?;
-                    let s = t.try_as_plain_ram()?.as_slice::<f32>()?;
-                    Ok((s.len() == 1).then(|| s[0]))
-                };
                 let (Some(x_scale), Some(y_scale), Some(y0)) =
                     (scalar(&x_scale)?, scalar(&y_scale)?, scalar(&y0)?)
                 else {
@@ -197,8 +193,8 @@ impl Plan {
                     return Ok(None);
                 };
                 let signed = out_dt == DatumType::I8;
-                let range = if signed { -128.0..=127.0 } else { 0.0..=255.0 };
-                if !range.contains(&y0) || y_scale.is_nan() || y_scale <= 0.0 {
+                let (low, high) = int8_bounds(signed);
+                if !(low..=high).contains(&y0) || y_scale.is_nan() || y_scale <= 0.0 {
                     return Ok(None);
                 }
                 // onnxruntime's order: (x_scale · k_scale) / y_scale, in f32.
@@ -266,11 +262,7 @@ impl Plan {
                 let mut shape = vec![1usize; rank];
                 shape[c_axis] = multipliers.len();
                 let scalar = |v: f32| Tensor::from_shape(&vec![1usize; rank], &[v]);
-                let (low, high) = if signed {
-                    (-128.0, 127.0)
-                } else {
-                    (0.0, 255.0)
-                };
+                let (low, high) = int8_bounds(signed);
                 let mut wire = acc;
                 for (step, op, operand) in [
                     ("scale", mul(), Tensor::from_shape(&shape, &multipliers)?),

@@ -267,6 +267,15 @@ pub(super) fn shifted(v: f32, zero_point: f32) -> f32 {
     ((v + ROUND) - ROUND) + zero_point
 }
 
+/// The range of an i8 (`signed`) or a u8, as floats.
+pub(super) fn int8_bounds(signed: bool) -> (f32, f32) {
+    if signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    }
+}
+
 /// The integer `v` (one of -128..=255, as a float) as its low byte. Adding 1.5 × 2²³ puts `v` in the
 /// low bits of the float's mantissa; reading them back is a bit cast and a mask, where a float → int
 /// `as` cast is a saturating conversion that the compiler keeps scalar.
@@ -278,11 +287,7 @@ pub(super) fn low_byte(v: f32) -> u8 {
 /// tract's QuantizeLinear then its DequantizeLinearF32 (`scale`, `zero_point`), element-wise in
 /// place.
 pub fn fake_quantize(xs: &mut [f32], q: &QuantizeLinear, scale: f32, zero_point: i32) {
-    let (lo, hi) = if q.signed {
-        (-128.0, 127.0)
-    } else {
-        (0.0, 255.0)
-    };
+    let (lo, hi) = int8_bounds(q.signed);
     let (qzp, dzp) = (q.zero_point as f32, zero_point as f32);
     for x in xs.iter_mut() {
         // Integers all the way to the last multiplication, so the same float as tract's
