@@ -12,12 +12,13 @@
 
 /// The files read; `src/model/cache.rs` has a test that this list names every file of
 /// `src/model/runtime/` that runs before serialisation.
-const IMPORT_SOURCES: [&str; 5] = [
+const IMPORT_SOURCES: [&str; 6] = [
     "src/model/runtime/mod.rs",
     "src/model/runtime/traps.rs",
     "src/model/runtime/weights.rs",
     "src/model/runtime/quantize.rs",
     "src/model/runtime/depthwise.rs",
+    "src/model/runtime/zero_points.rs",
 ];
 
 fn main() {

@@ -7,7 +7,8 @@
 //! optimised plan, summed by operator, as a share of the total.
 //!
 //! A model that is not shipped brings its `model.toml` and `sample/` in its extra folder.
-//! `-- --runs N` sets the timed runs per variant (default 200; the profile uses a quarter of them).
+//! `-- --runs N` sets the timed runs per variant (default 200; the profile uses a quarter of them);
+//! `-- --nodes N` also lists each variant's N slowest nodes, by name, below the table.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -75,25 +76,31 @@ fn median_run(runtime: &Runtime, inputs: &[HostTensor], runs: u32) -> Duration {
 }
 
 /// The operators that take the most time, with their share: `OptMatMul 61 %, …`.
-fn profile(runtime: &Runtime, inputs: &[HostTensor], runs: u32) -> String {
-    let nodes = runtime.profile(inputs, runs.max(1)).unwrap();
-    let total: Duration = nodes.iter().map(|n| n.total).sum();
+/// The operators' shares of the run, largest first, and the `nodes` slowest nodes.
+fn profile(runtime: &Runtime, inputs: &[HostTensor], runs: u32, nodes: usize) -> (String, String) {
+    let mut timed = runtime.profile(inputs, runs.max(1)).unwrap();
+    let total: Duration = timed.iter().map(|n| n.total).sum();
+    let share = |t: Duration| 100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-12);
     let mut by_op: BTreeMap<String, Duration> = BTreeMap::new();
-    for n in nodes {
-        *by_op.entry(n.op).or_default() += n.total;
+    for n in &timed {
+        *by_op.entry(n.op.clone()).or_default() += n.total;
     }
+    timed.sort_by_key(|n| std::cmp::Reverse(n.total));
+    let slowest = timed
+        .iter()
+        .take(nodes)
+        .map(|n| format!("  {:5.1} %  {} ({})", share(n.total), n.node, n.op))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut ops: Vec<(String, Duration)> = by_op.into_iter().collect();
     ops.sort_by_key(|op| std::cmp::Reverse(op.1));
-    ops.iter()
+    let by_op = ops
+        .iter()
         .take(5)
-        .map(|(op, t)| {
-            format!(
-                "{op} {:.0} %",
-                100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-12)
-            )
-        })
+        .map(|(op, t)| format!("{op} {:.0} %", share(*t)))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    (by_op, slowest)
 }
 
 fn main() {
@@ -105,6 +112,8 @@ fn main() {
             .cloned()
     };
     let runs: u32 = flag("--runs").map_or(200, |r| r.parse().unwrap());
+    let nodes: usize = flag("--nodes").map_or(0, |n| n.parse().unwrap());
+    let mut slowest = Vec::new();
     let extra = flag("--extra").map(PathBuf::from);
     println!(
         "# int8 vs fp32 in tract ({}), one thread, median of {runs} warm runs on each model's sample",
@@ -168,10 +177,17 @@ fn main() {
             || "—".to_owned(),
             |b| format!("{:.2}×", b.as_secs_f64() / p50.as_secs_f64()),
         );
+        let (by_op, nodes) = profile(&runtime, &inputs, runs / 4, nodes);
         println!(
-            "| {model} | {variant} | {:.3} | {ratio} | {} |",
+            "| {model} | {variant} | {:.3} | {ratio} | {by_op} |",
             p50.as_secs_f64() * 1e3,
-            profile(&runtime, &inputs, runs / 4)
+        );
+        slowest.push(format!("{model} {variant}:\n{nodes}"));
+    }
+    if nodes > 0 {
+        println!(
+            "\nslowest nodes (share of the profiled run):\n{}",
+            slowest.join("\n")
         );
     }
 }

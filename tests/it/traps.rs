@@ -123,34 +123,52 @@ fn integer_weights_cast_to_float_are_converted_once_at_load() {
 
 #[test]
 fn dynamically_quantized_models_run_inferd_s_dynamic_quantize_and_match_onnxruntime() {
-    let dir = fixture("digits-dynamic");
-    let (runtime, outputs) = run(&dir, "X");
-    // The plan runs inferd's operator, not tract's (whose results it reproduces bit for bit: the
-    // unit tests in src/model/runtime/quantize.rs compare the two).
-    let ops: Vec<String> = runtime
-        .profile(&[npy(dir.join("input.npy"), "X")], 1)
-        .unwrap()
-        .into_iter()
-        .map(|n| n.op)
-        .collect();
-    assert!(
-        ops.iter().any(|op| op == "DynamicQuantizeLinearU8(inferd)"),
-        "{ops:?}"
-    );
-    assert!(
-        !ops.iter().any(|op| op == "DynamicQuantizeLinearU8"),
-        "{ops:?}"
-    );
-    assert_close(
-        &outputs[0],
-        &npy(dir.join("label.npy"), "label"),
-        0.0,
-        "digits-dynamic label",
-    );
-    // Integer matmuls are exact in both engines; the float parts around them differ in summation
-    // order only.
-    let want = npy(dir.join("probabilities.npy"), "probabilities");
-    assert_close(&outputs[1], &want, 1e-5, "digits-dynamic probabilities");
+    // Per tensor, and per channel: there every weight's zero point is a vector of zeros, which
+    // inferd reads as one scalar so that tract drops its element-wise zero-point compensation.
+    for (name, per_channel) in [
+        ("digits-dynamic", false),
+        ("digits-dynamic-per-channel", true),
+    ] {
+        let dir = fixture(name);
+        let (runtime, outputs) = run(&dir, "X");
+        let read_as_scalars = runtime
+            .repairs()
+            .iter()
+            .any(|r| r.starts_with("read 3 per-channel zero points"));
+        assert_eq!(
+            read_as_scalars,
+            per_channel,
+            "{name}: {:?}",
+            runtime.repairs()
+        );
+        // The plan runs inferd's operator, not tract's (whose results it reproduces bit for bit:
+        // the unit tests in src/model/runtime/quantize.rs compare the two).
+        let nodes = runtime
+            .profile(&[npy(dir.join("input.npy"), "X")], 1)
+            .unwrap();
+        let ops: Vec<&str> = nodes.iter().map(|n| n.op.as_str()).collect();
+        assert!(
+            ops.contains(&"DynamicQuantizeLinearU8(inferd)"),
+            "{name}: {ops:?}"
+        );
+        assert!(!ops.contains(&"DynamicQuantizeLinearU8"), "{name}: {ops:?}");
+        let compensations: Vec<&str> = nodes
+            .iter()
+            .map(|n| n.node.as_str())
+            .filter(|n| n.ends_with(".minus_b0_A") || n.ends_with(".plus_a0_k_b0"))
+            .collect();
+        assert!(compensations.is_empty(), "{name}: {compensations:?}");
+        assert_close(
+            &outputs[0],
+            &npy(dir.join("label.npy"), "label"),
+            0.0,
+            &format!("{name} label"),
+        );
+        // Integer matmuls are exact in both engines; the float parts around them differ in
+        // summation order only.
+        let want = npy(dir.join("probabilities.npy"), "probabilities");
+        assert_close(&outputs[1], &want, 1e-5, &format!("{name} probabilities"));
+    }
 }
 
 #[test]

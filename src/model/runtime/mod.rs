@@ -26,6 +26,7 @@ mod quantize;
 mod quantize_linear;
 mod traps;
 mod weights;
+mod zero_points;
 
 /// Why a build without the `intra-op-threads` cargo feature refuses `threads` above 1 (in
 /// `serving.toml`, and here if a caller asks anyway).
@@ -110,7 +111,11 @@ impl Prepared {
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| format!("{e:#}"))?;
         let mut repairs = match proto.graph.as_mut() {
-            Some(graph) => traps::repair(graph)?,
+            Some(graph) => {
+                let mut repairs = traps::repair(graph)?;
+                repairs.extend(zero_points::to_scalars(graph));
+                repairs
+            }
             None => Vec::new(),
         };
         let mut model = onnx
