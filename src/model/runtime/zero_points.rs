@@ -42,6 +42,9 @@ pub fn to_scalars(graph: &mut GraphProto) -> Vec<String> {
                 continue;
             };
             let scalar_name = format!("{name}.as_scalar");
+            if taken(graph, &scalar_name) {
+                continue;
+            }
             if !scalars.iter().any(|s| s.name == scalar_name) {
                 let Some(scalar) = graph
                     .initializer
@@ -71,11 +74,25 @@ pub fn to_scalars(graph: &mut GraphProto) -> Vec<String> {
     )]
 }
 
-/// `t` as a rank-0 tensor when it holds more than one element, all equal; `None` otherwise, and for
-/// data kept outside the file or in a layout not read here (zero points are 8-bit or 32-bit
-/// integers, stored raw or in `int32_data`).
+/// Whether the graph already has a value called `name` (not one this module added).
+fn taken(graph: &GraphProto, name: &str) -> bool {
+    graph.initializer.iter().any(|t| t.name == name)
+        || graph.input.iter().any(|i| i.name == name)
+        || graph
+            .node
+            .iter()
+            .any(|n| n.output.iter().any(|o| o == name))
+}
+
+/// `t` as a rank-0 tensor when it holds more than one element, all equal, as many as its dimensions
+/// say; `None` otherwise, and for data kept outside the file or in a layout not read here (zero
+/// points are 8-bit or 32-bit integers, stored raw or in `int32_data`).
 fn uniform_scalar(t: &TensorProto) -> Option<TensorProto> {
-    if !t.external_data.is_empty() || t.dims.iter().product::<i64>() < 2 {
+    let count = t
+        .dims
+        .iter()
+        .try_fold(1i64, |n, &d| (d >= 0).then(|| n.checked_mul(d)).flatten())?;
+    if !t.external_data.is_empty() || count < 2 {
         return None;
     }
     let mut scalar = TensorProto {
@@ -90,13 +107,19 @@ fn uniform_scalar(t: &TensorProto) -> Option<TensorProto> {
             _ => return None,
         };
         let first = t.raw_data.get(..width)?;
-        if t.raw_data.len() % width != 0 || !t.raw_data.chunks(width).all(|c| c == first) {
+        if i64::try_from(t.raw_data.len() / width).ok() != Some(count)
+            || t.raw_data.len() % width != 0
+            || !t.raw_data.chunks(width).all(|c| c == first)
+        {
             return None;
         }
         scalar.raw_data = first.to_vec();
     } else {
         let first = *t.int32_data.first()?;
-        if !matches!(t.data_type, 2 | 3 | 6) || t.int32_data.iter().any(|&v| v != first) {
+        if !matches!(t.data_type, 2 | 3 | 6)
+            || i64::try_from(t.int32_data.len()).ok() != Some(count)
+            || t.int32_data.iter().any(|&v| v != first)
+        {
             return None;
         }
         scalar.int32_data = vec![first];
@@ -181,5 +204,25 @@ mod tests {
             uniform_scalar(&graph.initializer[3]).map(|t| t.int32_data),
             Some(vec![5])
         );
+        // Dimensions that disagree with the data, or overflow, are left to tract to refuse.
+        assert!(uniform_scalar(&tensor("short", 3, &[5], &[0, 0, 0, 0])).is_none());
+        assert!(uniform_scalar(&tensor("huge", 3, &[i64::MAX, 4], &[0, 0, 0, 0])).is_none());
+        assert!(uniform_scalar(&tensor("negative", 3, &[-4, -1], &[0, 0, 0, 0])).is_none());
+    }
+
+    #[test]
+    fn a_name_the_graph_already_uses_is_not_overwritten() {
+        let mut graph = GraphProto {
+            node: vec![
+                node("Identity", &["x"]),
+                node("MatMulInteger", &["a", "w", "a0", "zeros"]),
+            ],
+            initializer: vec![tensor("zeros", 3, &[4], &[0, 0, 0, 0])],
+            ..GraphProto::default()
+        };
+        graph.node[0].output = vec!["zeros.as_scalar".into()];
+        assert!(to_scalars(&mut graph).is_empty());
+        assert_eq!(graph.node[1].input[3], "zeros");
+        assert_eq!(graph.initializer.len(), 1);
     }
 }
