@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use inferd::model::manifest::Manifest;
+use inferd::model::runtime::NodeTime;
 use inferd::model::Runtime;
 use inferd::tensor::HostTensor;
 
@@ -14,6 +15,18 @@ use crate::models::assert_close;
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/traps").join(name)
+}
+
+/// The nodes of a profiled plan that run one of tract's zero-point compensation `steps` (name
+/// suffixes) as a separate pass. Fused into the matrix product they cost nothing extra, and the
+/// product then takes the name of the last operation fused into it.
+fn unfused<'n>(nodes: &'n [NodeTime], steps: &[&str]) -> Vec<&'n str> {
+    nodes
+        .iter()
+        .filter(|n| n.op != "OptMatMul")
+        .map(|n| n.node.as_str())
+        .filter(|n| steps.iter().any(|step| n.ends_with(step)))
+        .collect()
 }
 
 fn run(dir: &Path, input: &str) -> (Runtime, Vec<HostTensor>) {
@@ -152,12 +165,7 @@ fn dynamically_quantized_models_run_inferd_s_dynamic_quantize_and_match_onnxrunt
             "{name}: {ops:?}"
         );
         assert!(!ops.contains(&"DynamicQuantizeLinearU8"), "{name}: {ops:?}");
-        let compensations: Vec<&str> = nodes
-            .iter()
-            .filter(|n| n.op != "OptMatMul")
-            .map(|n| n.node.as_str())
-            .filter(|n| n.ends_with(".minus_b0_A") || n.ends_with(".plus_a0_k_b0"))
-            .collect();
+        let compensations = unfused(&nodes, &[".minus_b0_A", ".plus_a0_k_b0"]);
         assert!(compensations.is_empty(), "{name}: {compensations:?}");
         assert_close(
             &outputs[0],
@@ -190,26 +198,18 @@ fn a_per_channel_qlinear_conv_with_zero_points_read_as_a_scalar_matches_onnxrunt
     let nodes = runtime
         .profile(&[npy(dir.join("input.npy"), "x")], 1)
         .unwrap();
-    // Separate element-wise passes; fused into the matrix product, they cost nothing extra (the
-    // product then takes the name of the last operation fused into it).
-    let compensations: Vec<&str> = nodes
-        .iter()
-        .filter(|n| n.op != "OptMatMul")
-        .map(|n| n.node.as_str())
-        .filter(|n| {
-            // tract's convolution multiplies the kernel (its `a`) by the im2col matrix (`b`): the
-            // kernel's zero point times the column sums, and the terms after it in the chain.
-            [
-                ".sum_b",
-                ".a0_sum_b",
-                ".minus_a0_B",
-                ".minus_b0_A",
-                ".plus_a0_k_b0",
-            ]
-            .iter()
-            .any(|step| n.ends_with(step))
-        })
-        .collect();
+    // tract's convolution multiplies the kernel (its `a`) by the im2col matrix (`b`): the kernel's
+    // zero point times the column sums, and the terms after it in the chain.
+    let compensations = unfused(
+        &nodes,
+        &[
+            ".sum_b",
+            ".a0_sum_b",
+            ".minus_a0_B",
+            ".minus_b0_A",
+            ".plus_a0_k_b0",
+        ],
+    );
     assert!(compensations.is_empty(), "{compensations:?}");
     assert_close(
         &outputs[0],
