@@ -11,10 +11,10 @@ use inferd::model::Repository;
 use inferd::tensor::HostTensor;
 
 use crate::harness::{
-    copy_dir, eventually, http_get, models_dir, repo_root, temp_repo, TestServer,
+    copy_dir, eventually, http_get, models_dir, repo_root, temp_repo, Scratch, TestServer,
 };
 
-fn temp(tag: &str) -> PathBuf {
+fn temp(tag: &str) -> Scratch {
     temp_repo(&format!("cache-{tag}"))
 }
 
@@ -73,7 +73,7 @@ fn entries(cache: &Path) -> Vec<PathBuf> {
 }
 
 /// A repository holding shipped digits-mlp as `digits/1`, its files writable.
-fn digits_repo(tag: &str) -> PathBuf {
+fn digits_repo(tag: &str) -> Scratch {
     let repo = temp(tag);
     copy_dir(
         &repo_root().join("models/digits-mlp/1"),
@@ -128,7 +128,6 @@ fn a_restart_reads_the_prepared_models_and_serves_identical_outputs() {
     // Bit for bit: the cached graph is the imported one, optimised the same way.
     assert_eq!(outputs(&warm), uncached);
     assert_eq!(entries(&cache), written, "a hit writes nothing");
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
@@ -164,8 +163,6 @@ fn a_changed_model_file_or_manifest_is_not_served_from_the_old_entry() {
     let input = &redeclared.snapshot().get("digits", None).unwrap().runtime;
     assert_eq!(input.inputs()[0].to_string(), "X: f32[batch, 64]");
     assert_eq!(entries(&cache).len(), 1);
-    let _ = std::fs::remove_dir_all(&repo);
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
@@ -196,22 +193,19 @@ fn a_damaged_entry_is_refused_and_rewritten() {
     let models = open(&repo, &cache);
     assert_eq!(outcomes(&models)["digits"], Some("invalid"));
     assert_eq!(outputs(&models), reference);
-    let _ = std::fs::remove_dir_all(&repo);
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
 fn a_cache_folder_that_cannot_be_created_leaves_the_models_serving() {
     let repo = digits_repo("unusable");
-    let blocker = temp("unusable-cache").join("a-file");
+    let scratch = temp("unusable-cache");
+    let blocker = scratch.join("a-file");
     std::fs::write(&blocker, b"not a folder").unwrap();
     let models = open(&repo, &blocker.join("cache"));
     assert_eq!(outcomes(&models)["digits"], None, "served without a cache");
     assert!(models.cache_counts().lookups.is_empty());
     assert_eq!(models.write_cache_entries(), 0);
     assert_eq!(outputs(&models).len(), 1);
-    let _ = std::fs::remove_dir_all(&repo);
-    let _ = std::fs::remove_dir_all(blocker.parent().unwrap());
 }
 
 #[test]
@@ -240,8 +234,6 @@ fn the_server_writes_the_entries_and_counts_them_in_its_metrics() {
     let (_, listing) = http_get(server.metrics_addr.unwrap(), "/models");
     assert!(listing.contains("\"cache\":\"miss\""), "{listing}");
     server.stop();
-    let _ = std::fs::remove_dir_all(&repo);
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
@@ -264,6 +256,4 @@ fn a_version_that_does_not_serve_leaves_no_entry() {
     assert_eq!(changes.failed.len(), 1, "{changes:?}");
     assert_eq!(models.write_cache_entries(), 0);
     assert_eq!(entries(&cache).len(), 1, "only version 1's");
-    let _ = std::fs::remove_dir_all(&repo);
-    let _ = std::fs::remove_dir_all(&cache);
 }

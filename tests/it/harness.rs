@@ -18,7 +18,8 @@ pub fn repo_root() -> &'static Path {
 pub fn models_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("inferd-it-models-{}", std::process::id()));
+        // Never removed by this process (a static is not dropped): the next run sweeps it.
+        let dir = scratch_root().join("models");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for parent in [
@@ -124,12 +125,63 @@ pub fn digits_input() -> inferd::tensor::HostTensor {
     npy("models/digits-mlp/1/sample/X.npy", "X")
 }
 
-/// A fresh, empty folder for one test (a repository, a cache), named after `tag` and this process.
-pub fn temp_repo(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("inferd-it-{tag}-{}", std::process::id()));
+/// This process's folder for test files, `inferd-it-<pid>` in the system's temporary directory.
+/// Made on first use, after removing the folders of earlier runs whose process is gone: what a
+/// [`Scratch`] guard could not remove (a test killed, the shared repository of [`models_dir`]) does
+/// not pile up over runs on a CI machine or a developer's.
+fn scratch_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let pid = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("inferd-it-"))
+                    .and_then(|p| p.parse::<u32>().ok());
+                // A pid that is running again (reused) keeps its folder: removed by a later run.
+                if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("inferd-it-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+/// A folder for one test (a repository, a cache) that is removed with everything in it when the
+/// guard is dropped, also when the test panics. Keep it alive as long as anything (a repository's
+/// watch thread, a daemon) uses the folder: bind it to a named variable, not `_`.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty [`Scratch`] folder named after `tag` (unique among this process's tests).
+pub fn temp_repo(tag: &str) -> Scratch {
+    let dir = scratch_root().join(tag);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// Copies the folder `from` to `to`, recursively, the copies writable.

@@ -2,7 +2,6 @@
 //! retry-after hint), `deadline_ms`, and `max_delay_ms` (a busy model's partial batch is held, an idle
 //! one never waits), checked by what was queued, computed and answered.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,20 +10,14 @@ use inferd::model::Repository;
 use inferd::proto::ErrorCode;
 
 use crate::errors::{expect_error, occupy_worker, release};
-use crate::harness::{digits_input, eventually, repo_root, TestServer};
+use crate::harness::{digits_input, eventually, repo_root, temp_repo, Scratch, TestServer};
 use crate::raw::{Got, Raw};
 
 /// A repository with shipped digits-mlp as `digits-mlp` and again as `other`, `serving` being the
-/// `serving.toml` of the one named `knobs`.
-fn repository(tag: &str, knobs: &str, serving: &str) -> Arc<Repository> {
-    repository_at(tag, knobs, serving).1
-}
-
-/// [`repository`], with the repository's folder.
-fn repository_at(tag: &str, knobs: &str, serving: &str) -> (PathBuf, Arc<Repository>) {
-    let root: PathBuf =
-        std::env::temp_dir().join(format!("inferd-it-permodel-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+/// `serving.toml` of the one named `knobs`; with the folder's guard, which must outlive the
+/// repository.
+fn repository(tag: &str, knobs: &str, serving: &str) -> (Scratch, Arc<Repository>) {
+    let root = temp_repo(&format!("permodel-{tag}"));
     for name in ["digits-mlp", "other"] {
         let to = root.join(name).join("1");
         std::fs::create_dir_all(to.join("sample")).unwrap();
@@ -51,7 +44,7 @@ fn result_id(raw: &mut Raw) -> u32 {
 
 #[test]
 fn a_model_on_its_limits_is_refused_with_a_hint_and_never_crowds_out_another() {
-    let models = repository("limits", "digits-mlp", "workers = 1\nmax_in_flight = 2\n");
+    let (_repo, models) = repository("limits", "digits-mlp", "workers = 1\nmax_in_flight = 2\n");
     let server = TestServer::serving(models, |c| c.workers = 2);
     // One digits-mlp request runs (its one allowed worker), one more queues although the second
     // worker is free, a third is over max_in_flight.
@@ -80,7 +73,7 @@ fn a_model_on_its_limits_is_refused_with_a_hint_and_never_crowds_out_another() {
 
 #[test]
 fn a_models_deadline_applies_to_its_requests_and_caps_theirs() {
-    let models = repository("deadline", "other", "deadline_ms = 1\n");
+    let (_repo, models) = repository("deadline", "other", "deadline_ms = 1\n");
     let server = TestServer::serving(models, |c| c.workers = 1);
     let mut raw = Raw::ready(server.addr);
     let x = digits_input();
@@ -111,7 +104,7 @@ fn a_models_deadline_applies_to_its_requests_and_caps_theirs() {
 
 #[test]
 fn a_busy_model_holds_a_partial_batch_and_an_idle_one_never_waits() {
-    let models = repository("delay", "digits-mlp", "max_delay_ms = 10000\n");
+    let (_repo, models) = repository("delay", "digits-mlp", "max_delay_ms = 10000\n");
     let server = TestServer::serving(models, |c| c.workers = 2);
     let mut raw = Raw::ready(server.addr);
     let mut blocker = occupy_worker(&server);
@@ -148,7 +141,7 @@ fn a_busy_model_holds_a_partial_batch_and_an_idle_one_never_waits() {
 #[cfg(feature = "intra-op-threads")]
 #[test]
 fn a_model_with_intra_op_threads_computes_the_same_outputs() {
-    let models = repository("threads", "other", "threads = 2\n");
+    let (_repo, models) = repository("threads", "other", "threads = 2\n");
     let snapshot = models.snapshot();
     let one = snapshot.get("digits-mlp", None).unwrap();
     let two = snapshot.get("other", None).unwrap();
@@ -166,7 +159,7 @@ fn a_model_with_intra_op_threads_computes_the_same_outputs() {
 
 #[test]
 fn new_settings_apply_at_the_next_rescan_without_a_swap() {
-    let (root, models) = repository_at("retune", "digits-mlp", "max_in_flight = 2\n");
+    let (root, models) = repository("retune", "digits-mlp", "max_in_flight = 2\n");
     let before = models.snapshot();
     assert_eq!(before.scheduling("digits-mlp").max_in_flight, Some(2));
     let swaps = models.counters().1;
