@@ -62,6 +62,9 @@ unsafe fn rms_norm_f32_inner(buf: &mut [f32], eps: f32) {
                 out("zmm1") _, out("zmm2") _, out("zmm3") _,
                 out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
             );
+            // The asm above leaves the upper vector halves dirty, which LLVM cannot see: clean
+            // them, or SSE-encoded code after this kernel pays a false dependency per instruction.
+            std::arch::x86_64::_mm256_zeroupper();
         }
     }
     // scalar tail
@@ -104,6 +107,9 @@ unsafe fn rms_norm_f32_inner(buf: &mut [f32], eps: f32) {
                 inout("xmm0") inv => _,
                 out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
             );
+            // The asm above leaves the upper vector halves dirty, which LLVM cannot see: clean
+            // them, or SSE-encoded code after this kernel pays a false dependency per instruction.
+            std::arch::x86_64::_mm256_zeroupper();
         }
     }
     for i in tail_start..n {
