@@ -15,13 +15,13 @@ Needs onnx, onnxruntime, numpy from PyPI.
 import importlib.util
 import os
 import shutil
-import statistics
 import sys
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+from ort_timing import ort_median  # benches/ort_timing.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("quantize", os.path.join(HERE, "..", "models", "quantize.py"))
@@ -52,21 +52,6 @@ def calibration_dir(model):
     return folder
 
 
-def ort_median(path, feeds, runs=200):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    for _ in range(runs // 10):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
 print(f"# onnxruntime {ort.__version__}, one thread, median of 200 warm runs on each model's sample (ms)")
 print("| model | variant | onnxruntime p50 ms | fp32 / this |")
 print("|---|---|---|---|")
@@ -95,7 +80,7 @@ for model, (_, carry) in MODELS.items():
     base = None
     for variant in ["fp32", "int8-qdq", "int8-qdq-pc", "int8-qoperator", "int8-dynamic"]:
         try:
-            ms = ort_median(os.path.join(folder, variant + ".onnx"), sample)
+            ms = ort_median(os.path.join(folder, variant + ".onnx"), sample, runs=200)
         except Exception as e:  # a formulation onnxruntime cannot run is a finding, not a crash
             print(f"| {model} | {variant} | — ({str(e).splitlines()[0][:80]}) | — |")
             continue

@@ -28,11 +28,9 @@ Needs onnx, onnxruntime, numpy, safetensors and tokenizers from PyPI.
 """
 import hashlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 
 import numpy as np
@@ -42,6 +40,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
+
+from ort_timing import ort_median  # benches/ort_timing.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEQ = 128
@@ -186,21 +186,6 @@ def manifest(variant):
     return MANIFEST.format(variant=variant, inputs="".join(INPUT.format(name=n, seq=SEQ) for n in INPUTS))
 
 
-def ort_median(path, feeds, runs=50):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
 def main():
     wheels, out = sys.argv[1], sys.argv[2]
     folder = os.path.join(out, "minilm")
@@ -250,7 +235,7 @@ def main():
     print("|---|---|---|---|")
     base = None
     for variant in VARIANTS:
-        ms = ort_median(os.path.join(folder, variant + ".onnx"), sample)
+        ms = ort_median(os.path.join(folder, variant + ".onnx"), sample, runs=50)
         base = base or ms
         print(f"| minilm | {variant} | {ms:.2f} | {base / ms:.2f}× |")
 
