@@ -17,7 +17,7 @@ use inferd::proto::{encode_frame_vec, Hello, Request, Response, ServingState};
 
 use crate::harness::{
     digits_input, infer_digits, installed, listening_addr, models_dir, repo_root, serve_command,
-    spawn_logged, wait_for,
+    spawn_logged, temp_repo, wait_for,
 };
 
 fn hex(frame: &[u8]) -> String {
@@ -131,9 +131,7 @@ fn haproxy_marks_a_draining_node_down_before_it_stops_accepting_and_no_request_f
     }
     let a = Daemon::start();
     let b = Daemon::start();
-    let dir = std::env::temp_dir().join(format!("inferd-it-haproxy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_repo("haproxy");
     let socket = dir.join("admin.sock");
     let front = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -212,7 +210,6 @@ fn haproxy_marks_a_draining_node_down_before_it_stops_accepting_and_no_request_f
     let exit = a.child.wait().unwrap();
     let _ = haproxy.kill();
     let _ = haproxy.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(report.errors.is_empty(), "failed requests: {report:?}");
     assert!(report.ok > 100, "{report:?}");
     assert!(

@@ -11,7 +11,7 @@ use inferd::npy::file_stem;
 use inferd::proto::DType;
 use inferd::tensor::HostTensor;
 
-use crate::harness::{digits_input, npy, repo_root, TestServer};
+use crate::harness::{digits_input, npy, repo_root, temp_repo, TestServer};
 
 /// `models/<name>/1` for every shipped model.
 fn shipped() -> Vec<PathBuf> {
@@ -121,9 +121,7 @@ fn cli_infer_on_each_sample_reproduces_the_reference() {
             .tolerance
             .unwrap()
             .abs;
-        let out_dir =
-            std::env::temp_dir().join(format!("inferd-it-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out_dir);
+        let out_dir = temp_repo(&format!("cli-{name}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferd"));
         cmd.args([
             "infer",
@@ -139,7 +137,11 @@ fn cli_infer_on_each_sample_reproduces_the_reference() {
                 dir.join(format!("sample/{}.npy", input.name)).display()
             ));
         }
-        let output = cmd.arg("--output").arg(&out_dir).output().unwrap();
+        let output = cmd
+            .arg("--output")
+            .arg(out_dir.as_os_str())
+            .output()
+            .unwrap();
         assert!(
             output.status.success(),
             "{name}: {}",
@@ -159,7 +161,6 @@ fn cli_infer_on_each_sample_reproduces_the_reference() {
                 &format!("{name} via the CLI, {}", file.to_string_lossy()),
             );
         }
-        std::fs::remove_dir_all(&out_dir).unwrap();
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use inferd::proto::{ErrorCode, Request};
 
-use crate::harness::{listening_addr, models_dir, ppocr_input, spawn_logged, TestServer};
+use crate::harness::{
+    listening_addr, models_dir, ppocr_input, spawn_logged, temp_repo, TestServer,
+};
 use crate::raw::{Got, Raw};
 
 /// Waits for a log line containing `needle`, returning it.
@@ -114,11 +116,10 @@ fn in_process_shutdown_stops_accepting() {
 
 #[test]
 fn sighup_reloads_tls_material_and_keeps_the_old_on_failure() {
-    let dir = std::env::temp_dir().join(format!("inferd-it-hup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = temp_repo("hup");
     let status = Command::new(env!("CARGO_BIN_EXE_inferd"))
         .args(["certs", "--out"])
-        .arg(&dir)
+        .arg(dir.as_os_str())
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -152,5 +153,4 @@ fn sighup_reloads_tls_material_and_keeps_the_old_on_failure() {
     );
     crate::harness::signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

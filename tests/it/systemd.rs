@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use inferd::client::{BlockingClient, ClientOptions};
 
-use crate::harness::{http_get, infer_digits, models_dir};
+use crate::harness::{http_get, infer_digits, models_dir, temp_repo};
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -59,9 +59,7 @@ fn socket_activated_daemon_notifies_ready_watchdog_reloading_and_stopping() {
     if !installed() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("inferd-it-systemd-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_repo("systemd");
     let notify_path = dir.join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -115,7 +113,6 @@ fn socket_activated_daemon_notifies_ready_watchdog_reloading_and_stopping() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

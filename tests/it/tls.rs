@@ -13,11 +13,11 @@ use inferd::server::tls::TlsFiles;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, SerialNumber};
 use time::{Duration as Span, OffsetDateTime};
 
-use crate::harness::{digits_input, TestServer};
+use crate::harness::{digits_input, temp_repo, Scratch, TestServer};
 
-/// A development PKI in a temporary folder.
+/// A development PKI in a temporary folder, removed with it.
 struct Pki {
-    dir: PathBuf,
+    dir: Scratch,
     ca: Ca,
 }
 
@@ -35,9 +35,7 @@ admin = true
 
 impl Pki {
     fn new(tag: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("inferd-it-tls-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_repo(&format!("tls-{tag}"));
         let ca = Ca::new("test fleet CA").unwrap();
         std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
         let server = ca
@@ -97,12 +95,6 @@ impl Pki {
             self.path(&format!("{name}.key")),
         );
         ClientTls::from_files(&self.path("ca.pem"), Some((&cert, &key)), "127.0.0.1").unwrap()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
