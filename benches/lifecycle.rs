@@ -6,7 +6,8 @@
 //! 2. process start → ready (`inferd serve` on the shipped repository, until /health/ready answers 200),
 //!    median of 5, without the prepared-model cache, with an empty one, and with a warm one;
 //! 3. the first request after ready against the steady-state p50, per shipped model, with warm-up on
-//!    (the default) and off;
+//!    (the default) and off, split by the daemon's own metrics (admission to answer written, the
+//!    model's execution), and the same model run by tract alone after 1 ms and 100 ms of pause;
 //! 4. 1,000 swaps between two versions (the model's `serving.toml` alternating `versions = [2]` and
 //!    `[1]`) under continuous closed-loop load, through the daemon's own rescan thread: failed
 //!    requests, p99 during swaps against steady p99, resident memory after the last swap against after
@@ -243,6 +244,94 @@ fn cache_entries(cache: &Path) -> usize {
     })
 }
 
+/// The same model run as the workers run it (`Runtime::run`), in this thread, no server: back to back,
+/// then each run after the thread has slept 1 ms and 100 ms, and after it has spun 100 ms without
+/// touching memory. What a run costs after a quiet spell on this machine, apart from anything inferd
+/// does, and whether the CPU's idling is the cause.
+fn tract_alone_after_idle(root: &Path) {
+    for name in SHIPPED {
+        let dir = root.join("models").join(name).join("1");
+        let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
+        let manifest = Manifest::load(&dir).unwrap();
+        let facts = manifest
+            .as_ref()
+            .filter(|m| !m.inputs.is_empty())
+            .map(|m| m.inputs.as_slice());
+        let inputs = sample(&dir);
+        let runtime = Prepared::from_onnx(&bytes, facts)
+            .unwrap()
+            .0
+            .into_runtime()
+            .unwrap();
+        let ordered: Vec<HostTensor> = runtime
+            .inputs()
+            .iter()
+            .map(|s| inputs.iter().find(|t| t.name == s.name).unwrap().clone())
+            .collect();
+        let timed = |pause: Duration, spin: bool, runs: usize| {
+            let faults = minor_faults();
+            let took = median(
+                (0..runs)
+                    .map(|_| {
+                        if spin {
+                            // Busy, touching no memory: the CPU never idles.
+                            let until = Instant::now() + pause;
+                            while Instant::now() < until {
+                                std::hint::spin_loop();
+                            }
+                        } else if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                        let inputs = ordered.clone();
+                        let t = Instant::now();
+                        runtime.run(inputs).unwrap();
+                        t.elapsed()
+                    })
+                    .collect(),
+            );
+            (took, (minor_faults() - faults) as f64 / runs as f64)
+        };
+        timed(Duration::ZERO, false, 20);
+        let hot = timed(Duration::ZERO, false, 300);
+        let shown: Vec<String> = [
+            ("back to back", hot),
+            (
+                "after 1 ms asleep",
+                timed(Duration::from_millis(1), false, 100),
+            ),
+            (
+                "after 100 ms asleep",
+                timed(Duration::from_millis(100), false, 20),
+            ),
+            (
+                "after 100 ms spinning",
+                timed(Duration::from_millis(100), true, 20),
+            ),
+        ]
+        .iter()
+        .map(|(what, (took, faults))| {
+            format!(
+                "{what} {:.0} us ({:.2}x, {faults:.1} page faults per run)",
+                took.as_secs_f64() * 1e6,
+                took.as_secs_f64() / hot.0.as_secs_f64()
+            )
+        })
+        .collect();
+        println!("{name:<16} tract alone, one thread: {}", shown.join(", "));
+    }
+}
+
+/// Minor page faults of this process so far (`/proc/self/stat`, field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name
+        .split(' ')
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 fn first_request_vs_steady(root: &Path, warmup_runs: u32) {
     let repository = Arc::new(
         Repository::open(
@@ -263,17 +352,41 @@ fn first_request_vs_steady(root: &Path, warmup_runs: u32) {
     };
     let server = InProcess::start(&args, repository);
     let client = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
-    for name in SHIPPED {
-        let inputs = sample(&root.join("models").join(name).join("1"));
-        let firsts: Vec<Duration> = (0..4)
+    // The round trip without a worker: what the network path and two wake-ups cost on their own.
+    let ping = median(
+        (0..300)
             .map(|_| {
                 let t = Instant::now();
-                client.infer(name, None, &inputs, None).unwrap();
+                client.ping().unwrap();
                 t.elapsed()
+            })
+            .collect(),
+    );
+    println!(
+        "ping round trip p50 {:.3} ms (no model, no worker)",
+        ms(ping)
+    );
+    for name in SHIPPED {
+        let inputs = sample(&root.join("models").join(name).join("1"));
+        // The server's own sums (admission to answer written; the model's execution) split the first
+        // request's time from the client's and the wake-ups': warm-up runs are read away as a base.
+        let base = ServerSums::read(&server, name);
+        let mut after_first = None;
+        let firsts: Vec<Duration> = (0..4)
+            .map(|i| {
+                let t = Instant::now();
+                client.infer(name, None, &inputs, None).unwrap();
+                let took = t.elapsed();
+                if i == 0 {
+                    after_first = Some(ServerSums::settled(&server, name, base.count + 1.0));
+                }
+                took
             })
             .collect();
         let first = firsts[0];
         eprintln!("{name}: first four {:?}", firsts);
+        let after_first = after_first.unwrap();
+        let steady_base = ServerSums::settled(&server, name, base.count + 4.0);
         let steady = median(
             (0..300)
                 .map(|_| {
@@ -283,8 +396,12 @@ fn first_request_vs_steady(root: &Path, warmup_runs: u32) {
                 })
                 .collect(),
         );
+        let steady_sums = ServerSums::settled(&server, name, base.count + 304.0);
+        let first_server = after_first.request - base.request;
+        let first_compute = after_first.compute - base.compute;
         // The same request after the server has been idle for 100 ms (threads parked, caches
         // cooled by nothing else running): what any first request after a quiet spell costs.
+        let idle_base = steady_sums;
         let after_idle = median(
             (0..20)
                 .map(|_| {
@@ -303,8 +420,77 @@ fn first_request_vs_steady(root: &Path, warmup_runs: u32) {
             ms(after_idle),
             first.as_secs_f64() / after_idle.as_secs_f64()
         );
+        let idle_sums = ServerSums::settled(&server, name, base.count + 324.0);
+        let (steady_server, steady_compute) = (
+            steady_sums.mean_request(&steady_base),
+            steady_sums.mean_compute(&steady_base),
+        );
+        println!(
+            "{:<16}   server side, first / steady mean: admission to answer written {:.0} / {:.0} us = {:.2}x, model execution {:.0} / {:.0} us = {:.2}x | after 100 ms idle, mean: {:.0} us, execution {:.0} us",
+            "",
+            first_server * 1e6,
+            steady_server * 1e6,
+            first_server / steady_server,
+            first_compute * 1e6,
+            steady_compute * 1e6,
+            first_compute / steady_compute,
+            idle_sums.mean_request(&idle_base) * 1e6,
+            idle_sums.mean_compute(&idle_base) * 1e6,
+        );
     }
     server.stop();
+}
+
+/// One model's server-side sums from the daemon's metrics, in seconds, and how many requests they
+/// hold.
+#[derive(Clone, Copy)]
+struct ServerSums {
+    request: f64,
+    compute: f64,
+    count: f64,
+}
+
+impl ServerSums {
+    fn read(server: &InProcess, model: &str) -> ServerSums {
+        let text = server.handle().metrics_text();
+        let series = |metric: &str| -> f64 {
+            let label = format!("model=\"{model}\"");
+            text.lines()
+                .find(|l| l.starts_with(metric) && l.contains(&label))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {metric} for {model} in the metrics"))
+        };
+        ServerSums {
+            request: series("inferd_request_duration_seconds_sum{"),
+            compute: series("inferd_compute_duration_seconds_sum{"),
+            count: series("inferd_request_duration_seconds_count{"),
+        }
+    }
+
+    /// The sums once `count` requests are recorded: the server records an answer after writing it,
+    /// so the client can hold it a moment before the metrics do.
+    fn settled(server: &InProcess, model: &str, count: f64) -> ServerSums {
+        loop {
+            let sums = ServerSums::read(server, model);
+            if sums.count >= count {
+                assert_eq!(sums.count, count, "no other requests for {model}");
+                return sums;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Mean admission-to-answer time of the requests since `before`.
+    fn mean_request(&self, before: &ServerSums) -> f64 {
+        (self.request - before.request) / (self.count - before.count)
+    }
+
+    /// Mean execution time of the requests since `before` (one execution each: one connection,
+    /// sequential requests, so no batches).
+    fn mean_compute(&self, before: &ServerSums) -> f64 {
+        (self.compute - before.compute) / (self.count - before.count)
+    }
 }
 
 /// Closed-loop load on `connections` connections until `stop`: latencies and failures.
@@ -506,6 +692,7 @@ fn main() {
         println!("\n# 3. first request after ready vs steady p50 (one connection, sequential)");
         first_request_vs_steady(&root, 3);
         first_request_vs_steady(&root, 0);
+        tract_alone_after_idle(&root);
     }
     if run("4") {
         println!("\n# 4. hot swaps under load");
