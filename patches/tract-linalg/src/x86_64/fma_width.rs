@@ -189,7 +189,7 @@ unsafe fn probe_fma_units() -> u8 {
     let t_zmm = best(true);
     // The bursts' asm leaves the upper vector halves dirty, which LLVM cannot see: clean them, or
     // SSE-encoded code after the probe pays a false dependency per instruction.
-    unsafe { std::arch::x86_64::_mm256_zeroupper() };
+    std::arch::x86_64::_mm256_zeroupper();
 
     // Equal iteration counts, so zmm does 2x the MACs of ymm per op:
     //   mac_ratio = (16*64*iters / t_zmm) / (16*32*iters / t_ymm) = 2 * t_ymm / t_zmm
