@@ -459,7 +459,8 @@ impl ServerSums {
                 .find(|l| l.starts_with(metric) && l.contains(&label))
                 .and_then(|l| l.rsplit(' ').next())
                 .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {metric} for {model} in the metrics"))
+                .ok_or_else(|| format!("no {metric} for {model} in the metrics"))
+                .unwrap()
         };
         ServerSums {
             request: series("inferd_request_duration_seconds_sum{"),

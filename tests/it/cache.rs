@@ -11,11 +11,11 @@ use inferd::model::Repository;
 use inferd::tensor::HostTensor;
 
 use crate::harness::{
-    copy_dir, eventually, http_get, models_dir, repo_root, temp_repo, Scratch, TestServer,
+    copy_dir, eventually, http_get, models_dir, repo_root, scratch, Scratch, TestServer,
 };
 
 fn temp(tag: &str) -> Scratch {
-    temp_repo(&format!("cache-{tag}"))
+    scratch(&format!("cache-{tag}"))
 }
 
 fn open(repo: &Path, cache: &Path) -> Repository {

@@ -16,8 +16,8 @@ use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{encode_frame_vec, Hello, Request, Response, ServingState};
 
 use crate::harness::{
-    digits_input, infer_digits, installed, listening_addr, models_dir, repo_root, serve_command,
-    spawn_logged, temp_repo, wait_for,
+    digits_input, infer_digits, installed, listening_addr, models_dir, repo_root, scratch,
+    serve_command, spawn_logged, wait_for,
 };
 
 fn hex(frame: &[u8]) -> String {
@@ -131,7 +131,7 @@ fn haproxy_marks_a_draining_node_down_before_it_stops_accepting_and_no_request_f
     }
     let a = Daemon::start();
     let b = Daemon::start();
-    let dir = temp_repo("haproxy");
+    let dir = scratch("haproxy");
     let socket = dir.join("admin.sock");
     let front = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -177,7 +177,7 @@ impl Drop for Scratch {
 }
 
 /// A fresh, empty [`Scratch`] folder named after `tag` (unique among this process's tests).
-pub fn temp_repo(tag: &str) -> Scratch {
+pub fn scratch(tag: &str) -> Scratch {
     let dir = scratch_root().join(tag);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

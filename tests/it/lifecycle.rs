@@ -11,7 +11,7 @@ use inferd::model::repository::{Settings, VersionState};
 use inferd::model::Repository;
 
 use crate::harness::{
-    copy_dir, digits_input, eventually, http_get, repo_root, temp_repo, TestServer,
+    copy_dir, digits_input, eventually, http_get, repo_root, scratch, TestServer,
 };
 
 /// Installs shipped digits-mlp as `<repo>/digits/<version>` the way operators should: copied beside,
@@ -39,7 +39,7 @@ fn served_version(client: &BlockingClient) -> u32 {
 
 #[test]
 fn swaps_under_load_answer_every_request_and_free_the_old_version() {
-    let repo = temp_repo("swap");
+    let repo = scratch("swap");
     add_digits(&repo, 1);
     let models = open(&repo);
     let server = TestServer::serving(Arc::clone(&models), |_| {});
@@ -122,7 +122,7 @@ fn swaps_under_load_answer_every_request_and_free_the_old_version() {
 
 #[test]
 fn a_broken_version_never_replaces_a_working_one() {
-    let repo = temp_repo("broken");
+    let repo = scratch("broken");
     add_digits(&repo, 1);
     let models = open(&repo);
     let server = TestServer::serving(Arc::clone(&models), |_| {});
@@ -213,7 +213,7 @@ fn a_broken_version_never_replaces_a_working_one() {
 
 #[test]
 fn version_policies_and_the_default_version() {
-    let repo = temp_repo("policy");
+    let repo = scratch("policy");
     for v in [1, 2, 3] {
         add_digits(&repo, v);
     }
@@ -273,7 +273,7 @@ fn version_policies_and_the_default_version() {
 
 #[test]
 fn the_folder_watch_serves_a_dropped_in_version_and_inferd_models_shows_why() {
-    let repo = temp_repo("watch");
+    let repo = scratch("watch");
     add_digits(&repo, 1);
     let models = open(&repo);
     let server = TestServer::serving(Arc::clone(&models), |c| {
@@ -363,7 +363,7 @@ fn the_model_loader_thread_runs_at_idle_scheduling_policy() {
 
 #[test]
 fn warm_up_runs_before_a_version_serves_even_without_a_sample() {
-    let repo = temp_repo("warm");
+    let repo = scratch("warm");
     add_digits(&repo, 1);
     std::fs::remove_dir_all(repo.join("digits/1/sample")).unwrap();
     let models = open(&repo);
@@ -390,7 +390,7 @@ fn warm_up_runs_before_a_version_serves_even_without_a_sample() {
 fn each_worker_runs_a_version_before_it_serves() {
     use inferd::model::ServedModel;
     use inferd::scheduler::Scheduler;
-    let repo = temp_repo("workers");
+    let repo = scratch("workers");
     add_digits(&repo, 1);
     let models = open(&repo);
     let m = models.snapshot().get("digits", None).unwrap();
@@ -425,7 +425,7 @@ fn each_worker_runs_a_version_before_it_serves() {
 #[test]
 fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit() {
     use inferd::proto::ErrorCode;
-    let repo = temp_repo("budget");
+    let repo = scratch("budget");
     add_digits(&repo, 1); // pinned (the default)
     let on_demand = |name: &str, from: &str| {
         copy_dir(
@@ -527,7 +527,7 @@ fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(
 #[test]
 fn lock_memory_locks_the_loaded_models_or_refuses_to_start_saying_why() {
     use crate::harness::{serve_command, signal, spawn_logged};
-    let repo = temp_repo("lock");
+    let repo = scratch("lock");
     add_digits(&repo, 1);
     let mut command = serve_command(&repo);
     command.args(["--lock-memory", "true"]);

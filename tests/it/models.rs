@@ -11,7 +11,7 @@ use inferd::npy::file_stem;
 use inferd::proto::DType;
 use inferd::tensor::HostTensor;
 
-use crate::harness::{digits_input, npy, repo_root, temp_repo, TestServer};
+use crate::harness::{digits_input, npy, repo_root, scratch, TestServer};
 
 /// `models/<name>/1` for every shipped model.
 fn shipped() -> Vec<PathBuf> {
@@ -121,7 +121,7 @@ fn cli_infer_on_each_sample_reproduces_the_reference() {
             .tolerance
             .unwrap()
             .abs;
-        let out_dir = temp_repo(&format!("cli-{name}"));
+        let out_dir = scratch(&format!("cli-{name}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferd"));
         cmd.args([
             "infer",

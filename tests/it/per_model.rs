@@ -10,14 +10,14 @@ use inferd::model::Repository;
 use inferd::proto::ErrorCode;
 
 use crate::errors::{expect_error, occupy_worker, release};
-use crate::harness::{digits_input, eventually, repo_root, temp_repo, Scratch, TestServer};
+use crate::harness::{digits_input, eventually, repo_root, scratch, Scratch, TestServer};
 use crate::raw::{Got, Raw};
 
 /// A repository with shipped digits-mlp as `digits-mlp` and again as `other`, `serving` being the
 /// `serving.toml` of the one named `knobs`; with the folder's guard, which must outlive the
 /// repository.
 fn repository(tag: &str, knobs: &str, serving: &str) -> (Scratch, Arc<Repository>) {
-    let root = temp_repo(&format!("permodel-{tag}"));
+    let root = scratch(&format!("permodel-{tag}"));
     for name in ["digits-mlp", "other"] {
         let to = root.join(name).join("1");
         std::fs::create_dir_all(to.join("sample")).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use inferd::priority::thread_scheduling;
 
-use crate::harness::{copy_dir, models_dir, serve_command, spawn_logged, temp_repo, wait_for};
+use crate::harness::{copy_dir, models_dir, scratch, serve_command, spawn_logged, wait_for};
 
 /// Policy numbers of `sched_setscheduler(2)`.
 const SCHED_OTHER: u32 = 0;
@@ -38,7 +38,7 @@ fn threads_of(pid: u32) -> BTreeMap<String, Vec<(u32, i32)>> {
 
 #[test]
 fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
-    let root = temp_repo("priority");
+    let root = scratch("priority");
     copy_dir(
         &models_dir().join("digits-mlp/1"),
         &root.join("digits-mlp/1"),

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use inferd::proto::{ErrorCode, Request};
 
-use crate::harness::{
-    listening_addr, models_dir, ppocr_input, spawn_logged, temp_repo, TestServer,
-};
+use crate::harness::{listening_addr, models_dir, ppocr_input, scratch, spawn_logged, TestServer};
 use crate::raw::{Got, Raw};
 
 /// Waits for a log line containing `needle`, returning it.
@@ -116,7 +114,7 @@ fn in_process_shutdown_stops_accepting() {
 
 #[test]
 fn sighup_reloads_tls_material_and_keeps_the_old_on_failure() {
-    let dir = temp_repo("hup");
+    let dir = scratch("hup");
     let status = Command::new(env!("CARGO_BIN_EXE_inferd"))
         .args(["certs", "--out"])
         .arg(dir.as_os_str())

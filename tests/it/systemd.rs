@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use inferd::client::{BlockingClient, ClientOptions};
 
-use crate::harness::{http_get, infer_digits, models_dir, temp_repo};
+use crate::harness::{http_get, infer_digits, models_dir, scratch};
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -59,7 +59,7 @@ fn socket_activated_daemon_notifies_ready_watchdog_reloading_and_stopping() {
     if !installed() {
         return;
     }
-    let dir = temp_repo("systemd");
+    let dir = scratch("systemd");
     let notify_path = dir.join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify

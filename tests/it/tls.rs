@@ -13,7 +13,7 @@ use inferd::server::tls::TlsFiles;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, SerialNumber};
 use time::{Duration as Span, OffsetDateTime};
 
-use crate::harness::{digits_input, temp_repo, Scratch, TestServer};
+use crate::harness::{digits_input, scratch, Scratch, TestServer};
 
 /// A development PKI in a temporary folder, removed with it.
 struct Pki {
@@ -35,7 +35,7 @@ admin = true
 
 impl Pki {
     fn new(tag: &str) -> Pki {
-        let dir = temp_repo(&format!("tls-{tag}"));
+        let dir = scratch(&format!("tls-{tag}"));
         let ca = Ca::new("test fleet CA").unwrap();
         std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
         let server = ca
