@@ -24,6 +24,7 @@ use crate::tensor::HostTensor;
 mod depthwise;
 mod quantize;
 mod quantize_linear;
+mod select;
 mod traps;
 mod weights;
 mod zero_points;
@@ -250,6 +251,7 @@ impl Prepared {
             self.model.into_optimized().map_err(|e| format!("{e:#}"))?
         };
         let typed = quantize_linear::swap_in(typed).map_err(|e| format!("{e:#}"))?;
+        let typed = select::swap_in(typed).map_err(|e| format!("{e:#}"))?;
         let mut inputs = Vec::new();
         for (ix, outlet) in typed
             .input_outlets()
