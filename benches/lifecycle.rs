@@ -34,7 +34,7 @@ use inferd::config::ServeArgs;
 use inferd::model::manifest::Manifest;
 use inferd::model::repository::Settings;
 use inferd::model::runtime::Prepared;
-use inferd::model::Repository;
+use inferd::model::{IoSpec, Repository, Runtime};
 use inferd::tensor::HostTensor;
 
 mod common;
@@ -83,6 +83,47 @@ fn sample(dir: &Path) -> Vec<HostTensor> {
     inferd::npy::read_folder(&dir.join("sample")).unwrap()
 }
 
+/// A shipped model's files as the loader reads them: the ONNX bytes, the manifest, the sample.
+struct ModelFiles {
+    bytes: Vec<u8>,
+    manifest: Option<Manifest>,
+    inputs: Vec<HostTensor>,
+}
+
+impl ModelFiles {
+    fn read(root: &Path, name: &str) -> ModelFiles {
+        let dir = root.join("models").join(name).join("1");
+        ModelFiles {
+            bytes: std::fs::read(dir.join("model.onnx")).unwrap(),
+            manifest: Manifest::load(&dir).unwrap(),
+            inputs: sample(&dir),
+        }
+    }
+
+    /// The input facts the manifest declares, if any.
+    fn facts(&self) -> Option<&[IoSpec]> {
+        self.manifest
+            .as_ref()
+            .filter(|m| !m.inputs.is_empty())
+            .map(|m| m.inputs.as_slice())
+    }
+
+    /// The sample in `runtime`'s input order.
+    fn ordered(&self, runtime: &Runtime) -> Vec<HostTensor> {
+        runtime
+            .inputs()
+            .iter()
+            .map(|s| {
+                self.inputs
+                    .iter()
+                    .find(|t| t.name == s.name)
+                    .unwrap()
+                    .clone()
+            })
+            .collect()
+    }
+}
+
 /// Best of 5 of each phase, so that one preempted run does not decide.
 fn start_up_phases(root: &Path) {
     println!(
@@ -102,31 +143,20 @@ fn start_up_phases(root: &Path) {
         "ONNX / NNEF"
     );
     for name in SHIPPED {
-        let dir = root.join("models").join(name).join("1");
-        let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
-        let manifest = Manifest::load(&dir).unwrap();
-        let facts = manifest
-            .as_ref()
-            .filter(|m| !m.inputs.is_empty())
-            .map(|m| m.inputs.as_slice());
-        let inputs = sample(&dir);
+        let files = ModelFiles::read(root, name);
         let mut best = [Duration::MAX; 6];
         let mut nnef = None;
         let mut nnef_total = Duration::MAX;
         let mut nnef_read = Duration::MAX;
         for _ in 0..5 {
-            let (prepared, phases) = Prepared::from_onnx(&bytes, facts).unwrap();
+            let (prepared, phases) = Prepared::from_onnx(&files.bytes, files.facts()).unwrap();
             let archive = prepared.to_nnef().ok();
             let outputs = prepared.output_names().to_vec();
             let repairs = prepared.repairs().to_vec();
             let t = Instant::now();
             let runtime = prepared.into_runtime().unwrap();
             let optimise = t.elapsed();
-            let ordered: Vec<HostTensor> = runtime
-                .inputs()
-                .iter()
-                .map(|s| inputs.iter().find(|t| t.name == s.name).unwrap().clone())
-                .collect();
+            let ordered = files.ordered(&runtime);
             let t = Instant::now();
             runtime.run(ordered).unwrap();
             let first = t.elapsed();
@@ -250,24 +280,13 @@ fn cache_entries(cache: &Path) -> usize {
 /// does, and whether the CPU's idling is the cause.
 fn tract_alone_after_idle(root: &Path) {
     for name in SHIPPED {
-        let dir = root.join("models").join(name).join("1");
-        let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
-        let manifest = Manifest::load(&dir).unwrap();
-        let facts = manifest
-            .as_ref()
-            .filter(|m| !m.inputs.is_empty())
-            .map(|m| m.inputs.as_slice());
-        let inputs = sample(&dir);
-        let runtime = Prepared::from_onnx(&bytes, facts)
+        let files = ModelFiles::read(root, name);
+        let runtime = Prepared::from_onnx(&files.bytes, files.facts())
             .unwrap()
             .0
             .into_runtime()
             .unwrap();
-        let ordered: Vec<HostTensor> = runtime
-            .inputs()
-            .iter()
-            .map(|s| inputs.iter().find(|t| t.name == s.name).unwrap().clone())
-            .collect();
+        let ordered = files.ordered(&runtime);
         let timed = |pause: Duration, spin: bool, runs: usize| {
             let faults = minor_faults();
             let took = median(
