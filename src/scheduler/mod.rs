@@ -6,8 +6,9 @@
 //! request, and, for a model that batches (a symbolic batch axis 0 on every input and output), every
 //! queued request of that model with the same shape, up to `max_batch` rows, stacks them, runs the
 //! model once and splits the outputs back (`policy`, `batch`). A batch is never waited for: batches form
-//! only from requests that queued while the workers were busy. Requests whose client has gone or whose
-//! deadline has passed are taken out without being computed. tract never runs on an executor thread.
+//! only from requests that queued while the workers were busy. Requests whose client has gone or that
+//! could no longer finish before their deadline (at the model's measured run time) are taken out
+//! without being computed. tract never runs on an executor thread.
 //!
 //! Per model (its `serving.toml`, [`Scheduling`]): at most `workers` workers run it at once, at most
 //! `max_in_flight` of its requests are queued or running (one more is refused `OVERLOADED` with a
@@ -79,8 +80,12 @@ pub struct Job {
 }
 
 impl Job {
-    fn live(&self, now: Instant) -> bool {
-        now < self.deadline && !self.reply.is_closed() && !self.cancel.load(Ordering::Acquire)
+    /// Worth computing: a run of `run_time` started `now` ends before the deadline, the client is
+    /// still there, and it has not cancelled.
+    fn live(&self, now: Instant, run_time: Option<Duration>) -> bool {
+        policy::worth_starting(now, self.deadline, run_time)
+            && !self.reply.is_closed()
+            && !self.cancel.load(Ordering::Acquire)
     }
 
     fn answer(self, result: JobResult) {
@@ -165,6 +170,8 @@ struct State {
     sleepers: usize,
     /// Per model name (all versions): requests queued or running, and executions running.
     load: HashMap<String, ModelLoad>,
+    /// Per worker: when its running execution should end, at its model's measured run time.
+    ends: Vec<Option<Instant>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -177,6 +184,22 @@ impl State {
     /// A model's load now.
     fn load(&self, name: &str) -> ModelLoad {
         self.load.get(name).copied().unwrap_or_default()
+    }
+
+    /// How much work is ahead of a request admitted `now`, for all workers together: every queued
+    /// request at its model's measured cost per request (batched models' amortised cost), and what
+    /// the running executions have left of their measured run time. An estimate: a model limited
+    /// to fewer workers than the daemon has may wait longer, which the worker's own check when it
+    /// takes the request catches ([`policy::worth_starting`]).
+    fn work_ahead(&self, now: Instant) -> Duration {
+        let queued = self.queues.iter().fold(Duration::ZERO, |sum, q| {
+            let per = q.model.service.per_request().unwrap_or_default();
+            let n = u32::try_from(q.jobs.len()).unwrap_or(u32::MAX);
+            sum.saturating_add(per.saturating_mul(n))
+        });
+        self.ends.iter().flatten().fold(queued, |sum, end| {
+            sum.saturating_add(end.saturating_duration_since(now))
+        })
     }
 
     /// Changes a model's load. Entries stay once made: there are as many as model names served.
@@ -241,6 +264,7 @@ impl Scheduler {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 warm: (0..workers.max(1)).map(|_| VecDeque::new()).collect(),
+                ends: vec![None; workers.max(1)],
                 ..State::default()
             }),
             ready: Condvar::new(),
@@ -269,8 +293,10 @@ impl Scheduler {
     /// Queues a job, or refuses it at once.
     ///
     /// # Errors
-    /// `OVERLOADED` (with a retry-after hint) when the queues are full or the model has its
-    /// `max_in_flight` requests, `SHUTTING_DOWN` once [`Scheduler::shutdown`] has begun.
+    /// `OVERLOADED` (with a retry-after hint) when the queues are full, the model has its
+    /// `max_in_flight` requests, or the work queued ahead would not be done in time for the job to
+    /// finish before its deadline; `DEADLINE_EXCEEDED` when even an idle worker could not finish it
+    /// in time; `SHUTTING_DOWN` once [`Scheduler::shutdown`] has begun.
     pub fn submit(&self, job: Job) -> Result<(), RequestError> {
         let (rows, key) = batch_shape(&job);
         let wake = {
@@ -306,6 +332,45 @@ impl Scheduler {
                     )
                     .retry_after(retry_after(load.in_flight, per_request, runs)));
                 }
+            }
+            // Refused now, while the client can still go elsewhere, rather than queued to be
+            // answered `DEADLINE_EXCEEDED` once the deadline is near: under overload that is the
+            // difference between a refusal in microseconds and one after the whole deadline.
+            let now = Instant::now();
+            let run = job.model.service.execution();
+            if !policy::worth_starting(now, job.deadline, run) {
+                self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                let why = match run {
+                    Some(run) if now < job.deadline => format!(
+                        "the deadline is shorter than model {name:?}'s measured run time ({} µs); it was not queued",
+                        run.as_micros()
+                    ),
+                    _ => "the deadline had passed when the request was admitted".to_owned(),
+                };
+                return Err(RequestError::new(ErrorCode::DEADLINE_EXCEEDED, why));
+            }
+            let wait = service::queue_wait(st.work_ahead(now), workers);
+            // Behind other work, one more run of slack: the estimate is a sum of averages, and
+            // run times vary by tens of percent (measured under overload: ~35 % fewer late
+            // answers and expiries with it, the same throughput; doc/BENCHMARKS.md, "Overload").
+            let wait = if wait.is_zero() {
+                wait
+            } else {
+                wait.saturating_add(run.unwrap_or_default())
+            };
+            if !policy::worth_starting(
+                now.checked_add(wait).unwrap_or(job.deadline),
+                job.deadline,
+                run,
+            ) {
+                return Err(RequestError::new(
+                    ErrorCode::OVERLOADED,
+                    format!(
+                        "the work queued ahead (about {} ms) would not be done in time for this request to finish before its deadline",
+                        wait.as_millis()
+                    ),
+                )
+                .retry_after(service::clamp_retry_after(wait)));
             }
             st.adjust(name, |l| l.in_flight += 1);
             let seq = st.next_seq;
@@ -558,10 +623,12 @@ fn work(shared: &Shared, me: usize) {
                 );
             } else {
                 shared.counters.expired.fetch_add(1, Ordering::Relaxed);
-                job.answer(Err(RequestError::new(
-                    ErrorCode::DEADLINE_EXCEEDED,
-                    "the deadline passed while the request was queued; it was not run",
-                )));
+                let why = if started >= job.deadline {
+                    "the deadline passed while the request was queued; it was not run"
+                } else {
+                    "the deadline would pass before the model's run ended (its measured run time); it was not run"
+                };
+                job.answer(Err(RequestError::new(ErrorCode::DEADLINE_EXCEEDED, why)));
             }
         }
         if !batch.is_empty() {
@@ -578,6 +645,9 @@ fn work(shared: &Shared, me: usize) {
                     l.running = l.running.saturating_sub(1);
                 }
             });
+            if let Some(end) = st.ends.get_mut(me) {
+                *end = None;
+            }
             (st.total, st.sleepers)
         };
         if running && waiting > 0 && sleepers > 0 {
@@ -667,6 +737,9 @@ fn next_batch(shared: &Shared, me: usize) -> Option<Next> {
             let (model, batch, dead) = take_out(&mut st, ix, &take);
             if running {
                 st.adjust(&model.name, |l| l.running += 1);
+                if let Some(end) = st.ends.get_mut(me) {
+                    *end = now.checked_add(model.service.execution().unwrap_or_default());
+                }
             }
             return Some(Next::Work((model, batch, dead, running)));
         }
@@ -706,13 +779,14 @@ fn max_rows(q: &ModelQueue, default: u64) -> u64 {
 
 /// The batching policy applied to a queue now.
 fn plan(q: &ModelQueue, now: Instant, default_max: u64) -> policy::Take {
+    let run_time = q.model.service.execution();
     let entries: Vec<policy::Entry<'_>> = q
         .jobs
         .iter()
         .map(|j| policy::Entry {
             rows: j.rows,
             key: &j.key,
-            live: j.job.live(now),
+            live: j.job.live(now, run_time),
         })
         .collect();
     policy::take(&entries, max_rows(q, default_max))

@@ -4,8 +4,9 @@
 //! When a worker is free it takes the oldest request of the model whose request is oldest overall,
 //! then every later request of the same model whose inputs have the same shape apart from the batch
 //! axis, in arrival order, until the batch holds `max_rows` rows. Requests that cannot be served any
-//! more (deadline passed, client gone, cancelled) are taken out wherever they are, so they neither
-//! wait nor count towards the batch: the worker answers them without computing anything.
+//! more (deadline passed or too close to finish a run before it, client gone, cancelled) are taken
+//! out wherever they are, so they neither wait nor count towards the batch: the worker answers them
+//! without computing anything.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ pub struct Entry<'a> {
     pub rows: u64,
     /// Input shapes without the batch axis: requests batch together only if these are equal.
     pub key: &'a [u64],
-    /// Still worth computing: deadline not passed, client still there, not cancelled.
+    /// Still worth computing: it can finish before its deadline ([`worth_starting`]), its client
+    /// is still there, it is not cancelled.
     pub live: bool,
 }
 
@@ -97,12 +99,42 @@ pub fn hold_until(h: &Hold) -> Option<Instant> {
     (until > h.now).then_some(until)
 }
 
+/// Whether a request due at `deadline` is worth starting at `now`: a run of the model's measured
+/// `run_time` would end before the deadline. An answer after its deadline is useless to the client
+/// (it has given up or will discard it), and computing it holds a worker that requests which can
+/// still be answered in time are waiting for: under overload, starting such work is what turns
+/// every queued request into a late one. Without a measurement only a passed deadline counts.
+pub fn worth_starting(now: Instant, deadline: Instant, run_time: Option<Duration>) -> bool {
+    now.checked_add(run_time.unwrap_or_default())
+        .is_some_and(|done| done < deadline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn e(rows: u64, key: &[u64], live: bool) -> Entry<'_> {
         Entry { rows, key, live }
+    }
+
+    #[test]
+    fn a_request_is_worth_starting_only_if_a_run_ends_before_its_deadline() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let run = Some(ms(2));
+        assert!(worth_starting(t0, t0 + ms(3), run));
+        // Not passed yet, but a 2 ms run would end after it.
+        assert!(!worth_starting(t0, t0 + ms(1), run));
+        assert!(
+            !worth_starting(t0, t0 + ms(2), run),
+            "ending at the deadline is late"
+        );
+        assert!(!worth_starting(t0 + ms(5), t0 + ms(3), run), "passed");
+        // Before the model's first measured run, only the deadline itself counts.
+        assert!(worth_starting(t0, t0 + ms(1), None));
+        assert!(!worth_starting(t0, t0, None));
+        // A run time past the clock's range never fits.
+        assert!(!worth_starting(t0, t0 + ms(1), Some(Duration::MAX)));
     }
 
     #[test]

@@ -71,8 +71,19 @@ pub fn retry_after(queued: usize, per_request: Option<Duration>, workers: usize)
     let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
     per.saturating_mul(queued)
         .checked_div(workers)
-        .unwrap_or_default()
-        .clamp(Duration::from_millis(1), Duration::from_secs(10))
+        .map(clamp_retry_after)
+        .unwrap_or(Duration::from_millis(1))
+}
+
+/// How long `ahead` of work keeps `workers` workers busy, sharing it evenly.
+pub fn queue_wait(ahead: Duration, workers: usize) -> Duration {
+    let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+    ahead / workers
+}
+
+/// A wait as a retry-after hint: at least a millisecond (the wire's unit), at most ten seconds.
+pub fn clamp_retry_after(wait: Duration) -> Duration {
+    wait.clamp(Duration::from_millis(1), Duration::from_secs(10))
 }
 
 #[cfg(test)]
@@ -108,5 +119,16 @@ mod tests {
         assert_eq!(retry_after(3, None, 1), Duration::from_millis(3));
         assert_eq!(retry_after(1_000_000, per, 1), Duration::from_secs(10));
         assert_eq!(retry_after(10, per, 0), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn queued_work_is_shared_by_the_workers() {
+        let ms = Duration::from_millis;
+        assert_eq!(queue_wait(ms(30), 1), ms(30));
+        assert_eq!(queue_wait(ms(30), 3), ms(10));
+        assert_eq!(queue_wait(ms(30), 0), ms(30), "no workers counts as one");
+        assert_eq!(clamp_retry_after(Duration::ZERO), ms(1));
+        assert_eq!(clamp_retry_after(ms(40)), ms(40));
+        assert_eq!(clamp_retry_after(Duration::MAX), Duration::from_secs(10));
     }
 }

@@ -126,6 +126,98 @@ fn expired_requests_are_answered_and_never_computed() {
 }
 
 #[test]
+fn a_request_that_could_not_finish_before_its_deadline_is_refused_and_not_run() {
+    let server = TestServer::with(|c| c.workers = 1);
+    // Three slow batches (tens of milliseconds each) raise digits-mlp's measured run time, a moving
+    // average, far above the 1 ms deadline below.
+    for _ in 0..3 {
+        let mut blocker = occupy_worker(&server);
+        release(&mut blocker);
+    }
+    drained(&server);
+    let before = server.handle.scheduler_stats();
+    let mut raw = Raw::ready(server.addr);
+    // The worker is idle and the deadline has not passed, but a run of the model's measured
+    // length would end after it: refused at once, never queued.
+    raw.infer_with(1, "digits-mlp", None, Some(1), &[digits_input()]);
+    match raw.recv() {
+        Some(Got::Error {
+            id: Some(1),
+            code: ErrorCode::DEADLINE_EXCEEDED,
+            message,
+            ..
+        }) => assert!(message.contains("measured run time"), "{message}"),
+        other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
+    }
+    let after = server.handle.scheduler_stats();
+    assert_eq!(after.executions, before.executions, "nothing was run");
+    assert_eq!(after.expired - before.expired, 1);
+    // With time for a run, the same request is computed.
+    raw.infer_with(2, "digits-mlp", None, Some(10_000), &[digits_input()]);
+    assert!(matches!(raw.recv(), Some(Got::Result { id: 2, .. })));
+    assert_eq!(
+        server.handle.scheduler_stats().executions,
+        after.executions + 1
+    );
+}
+
+#[test]
+fn a_request_the_queue_ahead_would_make_late_is_refused_overloaded_at_once() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let mut blocker = occupy_worker(&server);
+    let mut raw = Raw::ready(server.addr);
+    // 40 ppocr-cls requests (each a millisecond or more, measured at warm-up) with time to spare...
+    let input = ppocr_input();
+    for id in 1..=40 {
+        raw.infer_with(
+            id,
+            "ppocr-cls",
+            None,
+            Some(60_000),
+            std::slice::from_ref(&input),
+        );
+    }
+    // ...then one that an idle worker could finish in 10 ms, but not behind those 40.
+    raw.infer_with(
+        41,
+        "ppocr-cls",
+        None,
+        Some(10),
+        std::slice::from_ref(&input),
+    );
+    release(&mut blocker);
+    let mut results = 0;
+    loop {
+        match raw.recv() {
+            Some(Got::Result { id, .. }) if id <= 40 => results += 1,
+            Some(Got::Error {
+                id: Some(41),
+                code: ErrorCode::OVERLOADED,
+                message,
+                retry_after_ms,
+            }) => {
+                assert!(message.contains("queued ahead"), "{message}");
+                assert!(
+                    retry_after_ms.is_some_and(|ms| ms >= 1),
+                    "{retry_after_ms:?}"
+                );
+                break;
+            }
+            other => panic!("expected request 41 refused OVERLOADED, got {other:?}"),
+        }
+    }
+    // Refused at admission, not after waiting behind the others.
+    assert!(
+        results < 40,
+        "the refusal came after every queued request had run"
+    );
+    // The 40 with time to spare are all answered.
+    for _ in results..40 {
+        assert!(matches!(raw.recv(), Some(Got::Result { .. })));
+    }
+}
+
+#[test]
 fn a_client_that_leaves_costs_no_compute() {
     let server = TestServer::with(|c| c.workers = 1);
     let mut blocker = occupy_worker(&server);
