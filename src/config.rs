@@ -98,6 +98,14 @@ pub struct ServeArgs {
     /// Threads doing network I/O (never inference). [default: 1]
     #[arg(long, env = "INFERD_IO_THREADS")]
     pub io_threads: Option<usize>,
+    /// Whether an I/O thread that wakes (a frame arrived, an answer is ready) takes a CPU from a
+    /// running inference thread at once, the kernel's normal policy. false runs the I/O threads at
+    /// SCHED_BATCH: on a CPU shared with a worker they run when it blocks, yields
+    /// (`worker_yield_us`) or ends its time slice, and then handle every frame and answer that is
+    /// ready in one turn: much more throughput for models of tens of microseconds, but frames wait
+    /// behind a long model run. [default: true]
+    #[arg(long, env = "INFERD_IO_PREEMPT")]
+    pub io_preempt: Option<bool>,
     /// Open connections at most; one more is answered OVERLOADED and closed. [default: 256]
     #[arg(long, env = "INFERD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -177,6 +185,7 @@ struct FileConfig {
     worker_nice: Option<i32>,
     worker_yield_us: Option<u64>,
     io_threads: Option<usize>,
+    io_preempt: Option<bool>,
     max_connections: Option<usize>,
     max_in_flight: Option<u32>,
     max_frame_bytes: Option<u32>,
@@ -214,6 +223,8 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Network I/O threads.
     pub io_threads: usize,
+    /// I/O threads at the normal policy (preempting inference when they wake); false: `SCHED_BATCH`.
+    pub io_preempt: bool,
     /// Connection cap.
     pub max_connections: usize,
     /// Per-connection in-flight cap.
@@ -388,6 +399,7 @@ impl ServeConfig {
             },
             workers: args.workers.or(file.workers).unwrap_or(cores),
             io_threads: args.io_threads.or(file.io_threads).unwrap_or(1),
+            io_preempt: args.io_preempt.or(file.io_preempt).unwrap_or(true),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(256),
             max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(64),
             max_frame_bytes: args
@@ -572,6 +584,7 @@ mod tests {
         assert_eq!(c.tls, None);
         assert_eq!(c.models, PathBuf::from("models"));
         assert_eq!(c.max_frame_bytes, 4 << 20);
+        assert!(c.io_preempt, "I/O threads at SCHED_BATCH only when asked");
     }
 
     #[test]
@@ -579,7 +592,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("inferd-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("inferd.toml");
-        std::fs::write(&file, "max_in_flight = 7\nqueue_capacity = 9\n").unwrap();
+        std::fs::write(
+            &file,
+            "max_in_flight = 7\nqueue_capacity = 9\nio_preempt = false\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(file.clone()),
             queue_capacity: Some(3),
@@ -587,6 +604,7 @@ mod tests {
         };
         let c = ServeConfig::resolve(&args).unwrap();
         assert_eq!((c.max_in_flight, c.queue_capacity), (7, 3));
+        assert!(!c.io_preempt);
         std::fs::write(&file, "max_inflight = 7\n").unwrap();
         let err = ServeConfig::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");

@@ -9,8 +9,9 @@
 //! arrives. It is off (0) by default: measured pinned on one CPU (doc/BENCHMARKS.md, "Overload"),
 //! nice 5 cut refusal p99 by a third but cost 12–20 % of saturation throughput, the price of
 //! preempting a model run for every frame; once connections read and wrote several frames per
-//! system call, the refusals gained nothing more and the cost stayed. Model loads and swaps run at `SCHED_IDLE`
-//! ([`background`]).
+//! system call, the refusals gained nothing more and the cost stayed. The opposite trade is
+//! `io_preempt = false`: I/O threads at `SCHED_BATCH` ([`io_batch`]), which never preempt a model
+//! run. Model loads and swaps run at `SCHED_IDLE` ([`background`]).
 //!
 //! Linux threads inherit their creator's scheduling policy and nice value, and an unprivileged
 //! thread can neither leave `SCHED_IDLE` nor lower its nice value again. A model's intra-op pool is
@@ -147,6 +148,45 @@ pub fn background() {
     }
 }
 
+/// Moves the calling I/O thread to `SCHED_BATCH` at its current nice value (`io_preempt = false`).
+/// Needs no privilege; where it is refused the thread keeps the normal policy.
+///
+/// Why: the kernel lets a woken thread of the normal policy preempt the running one, and an I/O
+/// thread wakes once per frame and once per answer. On a CPU it shares with a worker that makes
+/// two context switches per request, and the I/O thread handles one frame or answer per turn. A
+/// `SCHED_BATCH` thread never preempts on waking; it runs when the worker blocks, yields
+/// (`worker_yield_us`) or ends its slice, and then reads every frame and writes every answer that is
+/// ready. Pinned to one CPU (doc/BENCHMARKS.md, "inferd vs its in-process ceiling"): silero-vad's
+/// saturation 0.48–0.50× → 0.65–0.74× of its ceiling, p99 at half load unchanged; but under
+/// overload a ppocr-cls frame waits unread behind 1.5 ms runs, and 38–44 % of the answers reached
+/// their client after its deadline (2–3 % when I/O preempts). Hence opt-in. On a CPU of its own
+/// the policy changes nothing.
+pub fn io_batch() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let me = rustix::thread::gettid();
+    let nice = rustix::process::getpriority_process(Some(me)).unwrap_or(0);
+    // thread-priority sets a normal policy's nice value with it, from its own 0..=99 scale: take
+    // the value it maps to this thread's nice, so that only the policy changes (an unprivileged
+    // thread could not raise its priority back).
+    let keep = (0..=99u8)
+        .filter_map(|p| ThreadPriorityValue::try_from(p).ok())
+        .map(ThreadPriority::Crossplatform)
+        .find(|p| p.to_posix(batch).is_ok_and(|n| n == nice));
+    let Some(keep) = keep else {
+        log::debug!(
+            "no SCHED_BATCH priority keeps nice {nice}; the I/O thread keeps the normal policy"
+        );
+        return;
+    };
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), keep, batch) {
+        log::debug!("cannot move an I/O thread to SCHED_BATCH ({e:?}); it keeps the normal policy");
+    }
+}
+
 /// How the kernel schedules thread `tid` of process `pid`, read from `/proc` (for tests and
 /// diagnostics): its policy number (0 normal, 3 batch, 5 idle) and nice value.
 ///
@@ -177,6 +217,29 @@ mod tests {
             .as_raw_nonzero()
             .get()
             .unsigned_abs()
+    }
+
+    #[test]
+    fn an_io_thread_moves_to_batch_keeping_its_nice_value() {
+        // At the process's nice, and at one a unit's `Nice=` or an operator may have set.
+        for lowered in [0, 3] {
+            let (before, after) = std::thread::spawn(move || {
+                lower(lowered);
+                let before = thread_scheduling(std::process::id(), my_tid()).unwrap();
+                io_batch();
+                (
+                    before,
+                    thread_scheduling(std::process::id(), my_tid()).unwrap(),
+                )
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                after,
+                (3, before.1),
+                "SCHED_BATCH (3), same nice; was {before:?}"
+            );
+        }
     }
 
     #[test]

@@ -360,12 +360,18 @@ impl Server {
         let executor = Arc::new(async_executor::Executor::new());
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let mut threads = Vec::new();
+        let preempt = ctx.config.io_preempt;
         for i in 1..ctx.config.io_threads {
             let ex = Arc::clone(&executor);
             let stop = stop_rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("inferd-io-{i}"))
-                .spawn(move || async_io::block_on(ex.run(async { stop.recv().await.ok() })));
+                .spawn(move || {
+                    if !preempt {
+                        crate::priority::io_batch();
+                    }
+                    async_io::block_on(ex.run(async { stop.recv().await.ok() }))
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => log::warn!("could not start I/O thread {i}: {e}; continuing with fewer"),
@@ -401,6 +407,11 @@ impl Server {
         // socket event wakes the task on the thread that saw it rather than through async-io's
         // own reactor thread: one thread wake-up and context switch fewer per event, which on one
         // core raised the fast models' saturation 1.25-1.4x (doc/BENCHMARKS.md, pinned section).
+        // Every thread this one starts is started by now (workers come from `priority`'s
+        // spawner), so none inherits the I/O threads' policy.
+        if !preempt {
+            crate::priority::io_batch();
+        }
         async_io::block_on(executor.run(async {
             let plain_loop = async {
                 if let Some(listener) = plain {

@@ -1,6 +1,7 @@
 //! Thread priorities of a running daemon, read from `/proc`: inference threads (workers and a
 //! model's intra-op pool) `--worker-nice` steps below the I/O thread, at the normal policy even when
-//! the pool was built by the idle-priority model watch thread during a swap; the watch thread idle.
+//! the pool was built by the idle-priority model watch thread during a swap; the watch thread idle;
+//! the I/O threads at `SCHED_BATCH` with `--io-preempt false`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -96,4 +97,46 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
         pools.iter().all(|&t| t == inference),
         "intra-op threads {pools:?}, expected all {inference:?}"
     );
+}
+
+#[test]
+fn io_threads_run_at_batch_policy_when_they_must_not_preempt_inference() {
+    const SCHED_BATCH: u32 = 3;
+    let root = scratch("io-batch");
+    copy_dir(
+        &models_dir().join("digits-mlp/1"),
+        &root.join("digits-mlp/1"),
+    );
+    let mut command = serve_command(&root);
+    command.args(["--io-threads", "2", "--io-preempt", "false"]);
+    command.args(["--model-cache", "off"]);
+    let (mut child, lines) = spawn_logged(command);
+    wait_for(&lines, "listening on ", Duration::from_secs(60));
+    // "listening on" is logged just before the I/O threads start (the main one among them).
+    let policy = |threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str| {
+        threads.get(name).and_then(|t| t.first()).map(|t| t.0)
+    };
+    let mut threads = threads_of(child.id());
+    for _ in 0..200 {
+        let io = ["inferd", "inferd-io-1"].map(|name| policy(&threads, name));
+        if io == [Some(SCHED_BATCH); 2] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        threads = threads_of(child.id());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let one = |name: &str| -> (u32, i32) {
+        match threads.get(name).map(Vec::as_slice) {
+            Some([only]) => *only,
+            other => panic!("expected one thread {name:?}, got {other:?} in {threads:?}"),
+        }
+    };
+    // Both I/O threads (the main one and the second), at the process's nice; inference unchanged.
+    let (worker_policy, nice) = one("inferd-worker-0");
+    assert_eq!(worker_policy, SCHED_OTHER);
+    assert_eq!(one("inferd"), (SCHED_BATCH, nice));
+    assert_eq!(one("inferd-io-1"), (SCHED_BATCH, nice));
 }
