@@ -177,13 +177,13 @@ pub fn io_batch() {
         .map(ThreadPriority::Crossplatform)
         .find(|p| p.to_posix(batch).is_ok_and(|n| n == nice));
     let Some(keep) = keep else {
-        log::debug!(
+        log::warn!(
             "no SCHED_BATCH priority keeps nice {nice}; the I/O thread keeps the normal policy"
         );
         return;
     };
     if let Err(e) = set_thread_priority_and_policy(thread_native_id(), keep, batch) {
-        log::debug!("cannot move an I/O thread to SCHED_BATCH ({e:?}); it keeps the normal policy");
+        log::warn!("io_preempt = false: cannot move an I/O thread to SCHED_BATCH ({e:?}); it keeps the normal policy");
     }
 }
 

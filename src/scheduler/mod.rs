@@ -186,20 +186,24 @@ impl State {
         self.load.get(name).copied().unwrap_or_default()
     }
 
-    /// How much work is ahead of a request admitted `now`, for all workers together: every queued
-    /// request at its model's measured cost per request (batched models' amortised cost), and what
-    /// the running executions have left of their measured run time. An estimate: a model limited
-    /// to fewer workers than the daemon has may wait longer, which the worker's own check when it
-    /// takes the request catches ([`policy::worth_starting`]).
-    fn work_ahead(&self, now: Instant) -> Duration {
+    /// How long a request admitted `now` should wait for a worker: every queued request at its
+    /// model's measured cost per request (batched models' amortised cost), taken by whichever
+    /// worker is free first, each after what its running execution has left of its measured run
+    /// time ([`service::queue_wait`]). An estimate: a model limited to fewer workers than the
+    /// daemon has may wait longer, which the worker's own check when it takes the request catches
+    /// ([`policy::worth_starting`]).
+    fn wait_ahead(&self, now: Instant) -> Duration {
         let queued = self.queues.iter().fold(Duration::ZERO, |sum, q| {
             let per = q.model.service.per_request().unwrap_or_default();
             let n = u32::try_from(q.jobs.len()).unwrap_or(u32::MAX);
             sum.saturating_add(per.saturating_mul(n))
         });
-        self.ends.iter().flatten().fold(queued, |sum, end| {
-            sum.saturating_add(end.saturating_duration_since(now))
-        })
+        let mut busy: Vec<Duration> = self
+            .ends
+            .iter()
+            .map(|end| end.map_or(Duration::ZERO, |e| e.saturating_duration_since(now)))
+            .collect();
+        service::queue_wait(queued, &mut busy)
     }
 
     /// Changes a model's load. Entries stay once made: there are as many as model names served.
@@ -349,7 +353,7 @@ impl Scheduler {
                 };
                 return Err(RequestError::new(ErrorCode::DEADLINE_EXCEEDED, why));
             }
-            let wait = service::queue_wait(st.work_ahead(now), workers);
+            let wait = st.wait_ahead(now);
             // Behind other work, one more run of slack: the estimate is a sum of averages, and
             // run times vary by tens of percent (measured under overload: ~35 % fewer late
             // answers and expiries with it, the same throughput; doc/BENCHMARKS.md, "Overload").

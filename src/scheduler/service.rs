@@ -75,10 +75,29 @@ pub fn retry_after(queued: usize, per_request: Option<Duration>, workers: usize)
         .unwrap_or(Duration::from_millis(1))
 }
 
-/// How long `ahead` of work keeps `workers` workers busy, sharing it evenly.
-pub fn queue_wait(ahead: Duration, workers: usize) -> Duration {
-    let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
-    ahead / workers
+/// When a worker could start on a request queued behind `queued` of work, with each worker free
+/// after its entry in `busy` (what its running execution has left; zero when idle), the queued
+/// work going to whichever worker is free first, as a fluid: the earliest `t` at which the
+/// workers' free time up to `t` covers the queue. Zero with an idle worker and nothing queued; with
+/// one worker, its running execution's rest plus the queue.
+pub fn queue_wait(queued: Duration, busy: &mut [Duration]) -> Duration {
+    if busy.is_empty() {
+        return queued;
+    }
+    busy.sort_unstable();
+    // With the k soonest-free workers taking the queue, they all finish it at
+    // (queued + their busy times) / k; more workers join while that is later than the next one's
+    // free time.
+    let mut sum = queued;
+    let mut t = Duration::ZERO;
+    for (k, &free) in busy.iter().enumerate() {
+        if k > 0 && t <= free {
+            break;
+        }
+        sum = sum.saturating_add(free);
+        t = sum / u32::try_from(k + 1).unwrap_or(u32::MAX);
+    }
+    t
 }
 
 /// A wait as a retry-after hint: at least a millisecond (the wire's unit), at most ten seconds.
@@ -122,11 +141,26 @@ mod tests {
     }
 
     #[test]
-    fn queued_work_is_shared_by_the_workers() {
+    fn queued_work_goes_to_the_workers_free_first() {
         let ms = Duration::from_millis;
-        assert_eq!(queue_wait(ms(30), 1), ms(30));
-        assert_eq!(queue_wait(ms(30), 3), ms(10));
-        assert_eq!(queue_wait(ms(30), 0), ms(30), "no workers counts as one");
+        // One worker: the rest of its run, then the queue.
+        assert_eq!(queue_wait(ms(30), &mut [ms(2)]), ms(32));
+        // Three idle workers share the queue.
+        assert_eq!(queue_wait(ms(30), &mut [ms(0); 3]), ms(10));
+        // An idle worker and nothing queued: start now, however busy the others are.
+        assert_eq!(queue_wait(ms(0), &mut [ms(5), ms(0)]), ms(0));
+        // 1 ms of queue fits on the idle worker before the busy one frees at 5 ms...
+        assert_eq!(queue_wait(ms(1), &mut [ms(5), ms(0)]), ms(1));
+        // ...8 ms does not: both take part, (8 + 5 + 0) / 2.
+        assert_eq!(
+            queue_wait(ms(8), &mut [ms(5), ms(0)]),
+            Duration::from_micros(6_500)
+        );
+        assert_eq!(
+            queue_wait(ms(30), &mut []),
+            ms(30),
+            "no workers: the queue alone"
+        );
         assert_eq!(clamp_retry_after(Duration::ZERO), ms(1));
         assert_eq!(clamp_retry_after(ms(40)), ms(40));
         assert_eq!(clamp_retry_after(Duration::MAX), Duration::from_secs(10));
