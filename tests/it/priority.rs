@@ -37,6 +37,14 @@ fn threads_of(pid: u32) -> BTreeMap<String, Vec<(u32, i32)>> {
     threads
 }
 
+/// Policy and nice of the one thread called `name`; panics unless there is exactly one.
+fn only_thread(threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str) -> (u32, i32) {
+    match threads.get(name).map(Vec::as_slice) {
+        Some([only]) => *only,
+        other => panic!("expected one thread {name:?}, got {other:?} in {threads:?}"),
+    }
+}
+
 #[test]
 fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
     let root = scratch("priority");
@@ -72,12 +80,7 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
     let _ = child.kill();
     let _ = child.wait();
 
-    let one = |name: &str| -> (u32, i32) {
-        match threads.get(name).map(Vec::as_slice) {
-            Some([only]) => *only,
-            other => panic!("expected one thread {name:?}, got {other:?} in {threads:?}"),
-        }
-    };
+    let one = |name: &str| only_thread(&threads, name);
     // With one I/O thread, the main thread runs the executor.
     let (io_policy, io_nice) = one("inferd");
     assert_eq!(io_policy, SCHED_OTHER);
@@ -128,12 +131,7 @@ fn io_threads_run_at_batch_policy_when_they_must_not_preempt_inference() {
     let _ = child.kill();
     let _ = child.wait();
 
-    let one = |name: &str| -> (u32, i32) {
-        match threads.get(name).map(Vec::as_slice) {
-            Some([only]) => *only,
-            other => panic!("expected one thread {name:?}, got {other:?} in {threads:?}"),
-        }
-    };
+    let one = |name: &str| only_thread(&threads, name);
     // Both I/O threads (the main one and the second), at the process's nice; inference unchanged.
     let (worker_policy, nice) = one("inferd-worker-0");
     assert_eq!(worker_policy, SCHED_OTHER);
