@@ -341,12 +341,13 @@ impl Scheduler {
             // answered `DEADLINE_EXCEEDED` once the deadline is near: under overload that is the
             // difference between a refusal in microseconds and one after the whole deadline.
             let now = Instant::now();
-            let run = job.model.service.execution();
+            // What the worker will check before starting it (see `plan`).
+            let run = job.model.service.answer_time();
             if !policy::worth_starting(now, job.deadline, run) {
                 self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
                 let why = match run {
                     Some(run) if now < job.deadline => format!(
-                        "the deadline is shorter than model {name:?}'s measured run time ({} µs); it was not queued",
+                        "the deadline is shorter than the time model {name:?} needs to answer ({} µs: its measured run time, its spread and one run more for the answer to be sent); it was not queued",
                         run.as_micros()
                     ),
                     _ => "the deadline had passed when the request was admitted".to_owned(),
@@ -360,7 +361,7 @@ impl Scheduler {
             let wait = if wait.is_zero() {
                 wait
             } else {
-                wait.saturating_add(run.unwrap_or_default())
+                wait.saturating_add(job.model.service.execution().unwrap_or_default())
             };
             if !policy::worth_starting(
                 now.checked_add(wait).unwrap_or(job.deadline),
@@ -630,7 +631,7 @@ fn work(shared: &Shared, me: usize) {
                 let why = if started >= job.deadline {
                     "the deadline passed while the request was queued; it was not run"
                 } else {
-                    "the deadline would pass before the model's run ended (its measured run time); it was not run"
+                    "the deadline would pass before the answer could be sent (the model's measured run time, its spread and one run more); it was not run"
                 };
                 job.answer(Err(RequestError::new(ErrorCode::DEADLINE_EXCEEDED, why)));
             }
@@ -783,7 +784,9 @@ fn max_rows(q: &ModelQueue, default: u64) -> u64 {
 
 /// The batching policy applied to a queue now.
 fn plan(q: &ModelQueue, now: Instant, default_max: u64) -> policy::Take {
-    let run_time = q.model.service.execution();
+    // Not the mean run: a request started with only that left before its deadline is answered late
+    // about half the time (ServiceTime::answer_time).
+    let run_time = q.model.service.answer_time();
     let entries: Vec<policy::Entry<'_>> = q
         .jobs
         .iter()
@@ -822,7 +825,8 @@ fn hold(
         rows,
         max_rows: max_rows(q, default_max),
         max_delay: knobs.max_delay,
-        run_time: q.model.service.execution(),
+        // As `plan` judges the batch live: held past this, it would be dropped as dead.
+        run_time: q.model.service.answer_time(),
         others_running,
     })
 }
