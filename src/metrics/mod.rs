@@ -76,6 +76,7 @@ pub struct ModelMetrics {
     batch_size: Histogram,
     in_flight: IntGauge,
     abandoned: IntCounter,
+    late: IntCounter,
 }
 
 impl ModelMetrics {
@@ -147,15 +148,17 @@ pub struct ModelSnapshot {
 pub struct Tracked {
     metrics: Arc<ModelMetrics>,
     admitted: Instant,
+    deadline: Instant,
 }
 
 impl Tracked {
-    /// Starts tracking a request admitted at `now`.
-    pub fn admit(metrics: Arc<ModelMetrics>, now: Instant) -> Tracked {
+    /// Starts tracking a request admitted at `now`, due at `deadline`.
+    pub fn admit(metrics: Arc<ModelMetrics>, now: Instant, deadline: Instant) -> Tracked {
         metrics.in_flight.inc();
         Tracked {
             metrics,
             admitted: now,
+            deadline,
         }
     }
 
@@ -172,9 +175,16 @@ impl Tracked {
     /// The answer was written: `None` for outputs, else the error code.
     pub fn answered(self, error: Option<ErrorCode>) {
         let m = &self.metrics;
-        m.latency.observe(self.admitted.elapsed().as_secs_f64());
+        let now = Instant::now();
+        m.latency
+            .observe(now.saturating_duration_since(self.admitted).as_secs_f64());
         match error {
-            None => m.ok.inc(),
+            None => {
+                m.ok.inc();
+                if now > self.deadline {
+                    m.late.inc();
+                }
+            }
             Some(code) => m.refused(code),
         }
     }
@@ -218,6 +228,7 @@ pub struct Metrics {
     batch_size: HistogramVec,
     in_flight: IntGaugeVec,
     abandoned: IntCounterVec,
+    late: IntCounterVec,
     queue_depth: IntGaugeVec,
     load_seconds: GaugeVec,
     warmup_seconds: GaugeVec,
@@ -309,6 +320,14 @@ impl Metrics {
             Opts::new(
                 "inferd_requests_abandoned_total",
                 "Queued requests dropped uncomputed because their client had gone."
+            ),
+            model
+        )?);
+        let late = reg!(IntCounterVec::new(
+            Opts::new(
+                "inferd_answers_after_deadline_total",
+                "Answers with outputs written after their request's deadline: started in time by the \
+                 model's measured answer time, but its run or the answer's way out took longer."
             ),
             model
         )?);
@@ -421,6 +440,7 @@ impl Metrics {
             batch_size,
             in_flight,
             abandoned,
+            late,
             queue_depth,
             load_seconds,
             warmup_seconds,
@@ -500,6 +520,7 @@ impl Metrics {
             batch_size: self.batch_size.with_label_values(&labels),
             in_flight: self.in_flight.with_label_values(&labels),
             abandoned: self.abandoned.with_label_values(&labels),
+            late: self.late.with_label_values(&labels),
         }
     }
 

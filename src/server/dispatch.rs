@@ -157,7 +157,7 @@ fn admit(
     let tracked = ctx
         .config
         .metrics
-        .then(|| Tracked::admit(ctx.metrics.model(&model), now));
+        .then(|| Tracked::admit(ctx.metrics.model(&model), now, deadline));
     let inputs: Vec<HostTensor> = order
         .iter()
         .map(|&i| HostTensor::from_wire(&q.inputs[i]))

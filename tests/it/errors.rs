@@ -111,17 +111,22 @@ fn request_errors_have_their_codes_and_keep_the_connection() {
 /// requests that a test then queues behind it.
 pub const SLOW_ROWS: usize = 12_000;
 
+/// One digits-mlp input of `SLOW_ROWS` rows.
+pub fn slow_batch() -> HostTensor {
+    let row = digits_input();
+    let mut batch = row.clone();
+    batch.shape = vec![SLOW_ROWS as u64, 64];
+    batch.data = row.data.repeat(SLOW_ROWS);
+    batch
+}
+
 /// Occupies the single worker with one large digits batch on a connection of its own, and waits until
 /// the worker has taken it: the request is admitted before the ping behind it is answered, and then the
 /// queue is seen empty.
 pub fn occupy_worker(server: &TestServer) -> Raw {
     let executions = server.handle.scheduler_stats().executions;
     let mut blocker = Raw::ready(server.addr);
-    let row = digits_input();
-    let mut batch = row.clone();
-    batch.shape = vec![SLOW_ROWS as u64, 64];
-    batch.data = row.data.repeat(SLOW_ROWS);
-    blocker.infer(0, "digits-mlp", std::slice::from_ref(&batch));
+    blocker.infer(0, "digits-mlp", &[slow_batch()]);
     blocker.send(&inferd::proto::Request::Ping { id: 99 });
     assert_eq!(blocker.recv(), Some(Got::Other(Some(99))));
     // Taken off the queue and counted as running (the worker counts it just after taking it), so

@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inferd::client::{BlockingClient, ClientOptions};
 use inferd::proto::{ErrorCode, ServingState};
 use inferd::tensor::HostTensor;
 
+use crate::errors::slow_batch;
 use crate::harness::{digits_input, eventually, http_get, infer_digits, TestServer};
+use crate::raw::{Got, Raw};
 
 /// Every sample of a scrape, keyed by `name{labels}` exactly as written.
 fn scrape(server: &TestServer) -> HashMap<String, f64> {
@@ -29,6 +31,42 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
     let get = |m: &HashMap<String, f64>| m.get(key).copied().unwrap_or(0.0);
     assert!(after.contains_key(key), "no series {key}");
     get(after) - get(before)
+}
+
+#[test]
+fn an_answer_written_after_its_deadline_is_counted_late() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let late = r#"inferd_answers_after_deadline_total{model="digits-mlp",version="1"}"#;
+    let mut raw = Raw::ready(server.addr);
+    // How long a batch of thousands of rows takes here, end to end: the scale of the deadline below.
+    let t = Instant::now();
+    raw.infer(1, "digits-mlp", &[slow_batch()]);
+    assert!(matches!(raw.recv(), Some(Got::Result { id: 1, .. })));
+    let slow = t.elapsed();
+    // Small runs bring the model's measured answer time back to microseconds (its moving averages
+    // forget the slow run by 1/8 and 1/4 per execution).
+    for id in 2..60 {
+        raw.infer(id, "digits-mlp", &[digits_input()]);
+        assert!(matches!(raw.recv(), Some(Got::Result { .. })));
+    }
+    let before = scrape(&server);
+    assert_eq!(before.get(late), Some(&0.0));
+    // A third of that run as the deadline passes admission and the worker's check (a row takes
+    // microseconds); the run then ends after it, and its answer, still sent, is late.
+    let deadline = u32::try_from(slow.as_millis() / 3).unwrap().max(1);
+    raw.infer_with(100, "digits-mlp", None, Some(deadline), &[slow_batch()]);
+    match raw.recv() {
+        Some(Got::Result { id: 100, .. }) => {}
+        other => {
+            panic!("expected the slow batch's outputs ({deadline} ms deadline), got {other:?}")
+        }
+    }
+    // Counted once written, which may follow the client's read by a moment.
+    eventually("the late answer was not counted", || {
+        delta(&before, &scrape(&server), late) == 1.0
+    });
+    let ok = r#"inferd_requests_total{model="digits-mlp",outcome="ok",version="1"}"#;
+    assert_eq!(delta(&before, &scrape(&server), ok), 1.0);
 }
 
 #[test]
@@ -74,6 +112,8 @@ fn metrics_move_by_exactly_the_requests_and_errors_made() {
             r#"inferd_requests_total{model="",outcome="unknown_model",version=""}"#.to_owned(),
             1,
         ),
+        // Answered long before the default deadline.
+        (format!("inferd_answers_after_deadline_total{{{m}}}"), 0),
         // Histograms count admitted requests: the refused ones never reached a queue.
         (format!("inferd_request_duration_seconds_count{{{m}}}"), OK),
         (
