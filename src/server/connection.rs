@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use futures_lite::future::or;
@@ -275,6 +275,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Some(Some(b)) => b,
             }
         };
+        // The request's receipt, from which its deadline counts.
+        let received = Instant::now();
         let first = match first {
             Ok(b) => b,
             // The peer closed its side: everything it still has in flight is cancelled (queued jobs
@@ -308,7 +310,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return Close::Now;
             }
         };
-        let reply = match dispatch(request, ctx, in_flight, done, who) {
+        let reply = match dispatch(request, ctx, in_flight, done, who, received) {
             Dispatch::Reply(frame) => frame,
             Dispatch::Fatal(e) => {
                 send_error(ctl, None, &e, ctx).await;

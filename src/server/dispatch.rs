@@ -25,13 +25,14 @@ pub enum Dispatch {
     Fatal(RequestError),
 }
 
-/// Handles one decoded request.
+/// Handles one decoded request, whose first byte the connection read at `received`.
 pub fn dispatch(
     request: Request<'_>,
     ctx: &Ctx,
     in_flight: &InFlight,
     done: &Sender<Completion>,
     who: Who<'_>,
+    received: Instant,
 ) -> Dispatch {
     let reply = match request {
         Request::Hello(_) => {
@@ -96,7 +97,7 @@ pub fn dispatch(
         },
         Request::Infer(q) => match who
             .may_use(ctx, q.model)
-            .and_then(|()| admit(&q, ctx, in_flight, done))
+            .and_then(|()| admit(&q, ctx, in_flight, done, received))
         {
             Ok(()) => None,
             Err(e) => {
@@ -124,6 +125,7 @@ fn admit(
     ctx: &Ctx,
     in_flight: &InFlight,
     done: &Sender<Completion>,
+    received: Instant,
 ) -> Result<(), RequestError> {
     if ctx.shutdown.is_stopping() {
         return Err(RequestError::new(
@@ -151,8 +153,10 @@ fn admit(
     let allowed = q.deadline_ms.map_or(default, |ms| {
         Duration::from_millis(u64::from(ms)).min(default)
     });
+    // From the request's receipt, not from here: a large frame read slowly has used part of its
+    // deadline before it could be decoded, and the client counts that time too.
+    let deadline = received.checked_add(allowed).unwrap_or(received);
     let now = Instant::now();
-    let deadline = now.checked_add(allowed).unwrap_or(now);
     let cancel = in_flight.admit(q.id)?;
     let tracked = ctx
         .config

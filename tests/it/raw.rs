@@ -94,17 +94,33 @@ impl Raw {
         deadline_ms: Option<u32>,
         inputs: &[HostTensor],
     ) {
+        let frame = Raw::infer_frame(id, model, version, deadline_ms, inputs);
+        self.send_bytes(&frame);
+    }
+
+    /// An `Infer` request's whole frame, header included.
+    pub fn infer_frame(
+        id: u32,
+        model: &str,
+        version: Option<u32>,
+        deadline_ms: Option<u32>,
+        inputs: &[HostTensor],
+    ) -> Vec<u8> {
         let mut wire = heapless::Vec::new();
         for t in inputs {
             wire.push(t.to_wire().unwrap()).unwrap();
         }
-        self.send(&Request::Infer(InferRequest {
-            id,
-            model,
-            version,
-            deadline_ms,
-            inputs: wire,
-        }));
+        encode_frame_vec(
+            &Request::Infer(InferRequest {
+                id,
+                model,
+                version,
+                deadline_ms,
+                inputs: wire,
+            }),
+            u32::MAX,
+        )
+        .unwrap()
     }
 
     /// The next frame's body; `None` at end of stream.

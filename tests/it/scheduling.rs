@@ -126,6 +126,33 @@ fn expired_requests_are_answered_and_never_computed() {
 }
 
 #[test]
+fn the_deadline_counts_from_the_first_byte_of_the_request() {
+    let server = TestServer::start();
+    let mut raw = Raw::ready(server.addr);
+    // Half a frame, a pause longer than the deadline, then the rest: the request's time on the
+    // wire counts, as it does for the client.
+    let send_slowly = |raw: &mut Raw, id: u32, deadline_ms: u32| {
+        let frame = Raw::infer_frame(id, "digits-mlp", None, Some(deadline_ms), &[digits_input()]);
+        let (head, tail) = frame.split_at(frame.len() / 2);
+        raw.send_bytes(head);
+        std::thread::sleep(Duration::from_millis(300));
+        raw.send_bytes(tail);
+    };
+    send_slowly(&mut raw, 1, 100);
+    match raw.recv() {
+        Some(Got::Error {
+            id: Some(1),
+            code: ErrorCode::DEADLINE_EXCEEDED,
+            ..
+        }) => {}
+        other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
+    }
+    // The same pause within a longer deadline is served.
+    send_slowly(&mut raw, 2, 5_000);
+    assert!(matches!(raw.recv(), Some(Got::Result { id: 2, .. })));
+}
+
+#[test]
 fn a_request_that_could_not_finish_before_its_deadline_is_refused_and_not_run() {
     let server = TestServer::with(|c| c.workers = 1);
     // Three slow batches (tens of milliseconds each) raise digits-mlp's measured run time, a moving
