@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Overload against a real daemon process, pinned: the daemon (one worker, queue capacity 64) on
-# CPU 0, `inferd bench` on CPU 1. Measures saturation in a closed loop, then offers RATE requests a
+# Overload against a real daemon process, pinned: the daemon (one worker, queue capacity 64, serving
+# MODEL alone) on CPU 0, `inferd bench` on CPU 1. Measures saturation in a closed loop, then offers RATE requests a
 # second (default 3x saturation) in an open loop with a 50 ms deadline, and prints what the
 # throughput issue's overload targets ask: served and refused, refusal time from sending
 # (overloaded_p99_us), accepted latency, answers after their deadline, the generator's own lag,
@@ -23,7 +23,11 @@ done
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-taskset -c 0 "$bin" serve --listen 127.0.0.1:0 --metrics-listen off --models models --workers 1 \
+# A repository of this model alone, as a deployment of it would be (io_preempt = auto decides from
+# the slowest model served).
+mkdir -p "$work/models"
+cp -r "models/$model" "$work/models/"
+taskset -c 0 "$bin" serve --listen 127.0.0.1:0 --metrics-listen off --models "$work/models" --workers 1 \
   --queue-capacity 64 --model-cache off "$@" 2> "$work/log" &
 pid=$!
 for _ in $(seq 100); do grep -q "ready in" "$work/log" && break; sleep 0.1; done

@@ -99,13 +99,14 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERD_IO_THREADS")]
     pub io_threads: Option<usize>,
     /// Whether an I/O thread that wakes (a frame arrived, an answer is ready) takes a CPU from a
-    /// running inference thread at once, the kernel's normal policy. false runs the I/O threads at
-    /// SCHED_BATCH: on a CPU shared with a worker they run when it blocks, yields
+    /// running inference thread at once, the kernel's normal policy (true). false runs the I/O
+    /// threads at SCHED_BATCH: on a CPU shared with a worker they run when it blocks, yields
     /// (`worker_yield_us`) or ends its time slice, and then handle every frame and answer that is
     /// ready in one turn: much more throughput for models of tens of microseconds, but frames wait
-    /// behind a long model run. [default: true]
+    /// behind a long model run. auto: SCHED_BATCH while every served model runs within
+    /// `worker_yield_us`, the normal policy otherwise. [default: auto]
     #[arg(long, env = "INFERD_IO_PREEMPT")]
-    pub io_preempt: Option<bool>,
+    pub io_preempt: Option<IoPreempt>,
     /// Open connections at most; one more is answered OVERLOADED and closed. [default: 256]
     #[arg(long, env = "INFERD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -185,7 +186,7 @@ struct FileConfig {
     worker_nice: Option<i32>,
     worker_yield_us: Option<u64>,
     io_threads: Option<usize>,
-    io_preempt: Option<bool>,
+    io_preempt: Option<IoPreempt>,
     max_connections: Option<usize>,
     max_in_flight: Option<u32>,
     max_frame_bytes: Option<u32>,
@@ -223,8 +224,8 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Network I/O threads.
     pub io_threads: usize,
-    /// I/O threads at the normal policy (preempting inference when they wake); false: `SCHED_BATCH`.
-    pub io_preempt: bool,
+    /// Whether I/O threads preempt inference when they wake.
+    pub io_preempt: IoPreempt,
     /// Connection cap.
     pub max_connections: usize,
     /// Per-connection in-flight cap.
@@ -285,6 +286,53 @@ impl TryFrom<String> for Listen {
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
+    }
+}
+
+/// When the I/O threads preempt inference (`io_preempt`): `true`, `false` or `auto`; in the
+/// configuration file also a TOML boolean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BoolOrWord")]
+pub enum IoPreempt {
+    /// The normal policy: a woken I/O thread takes the CPU from a running model.
+    Always,
+    /// `SCHED_BATCH`: I/O runs when inference blocks, yields or ends its slice.
+    Never,
+    /// `SCHED_BATCH` while every served model's runs fit in `worker_yield_us`, else the normal
+    /// policy (`server::io_policy`).
+    Auto,
+}
+
+impl std::str::FromStr for IoPreempt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "true" => Ok(IoPreempt::Always),
+            "false" => Ok(IoPreempt::Never),
+            "auto" => Ok(IoPreempt::Auto),
+            _ => Err(format!("{s:?}: expected true, false or auto")),
+        }
+    }
+}
+
+/// A TOML value that is a boolean or a word.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BoolOrWord {
+    Bool(bool),
+    Word(String),
+}
+
+impl TryFrom<BoolOrWord> for IoPreempt {
+    type Error = String;
+
+    fn try_from(v: BoolOrWord) -> Result<Self, Self::Error> {
+        match v {
+            BoolOrWord::Bool(true) => Ok(IoPreempt::Always),
+            BoolOrWord::Bool(false) => Ok(IoPreempt::Never),
+            BoolOrWord::Word(w) => w.parse(),
+        }
     }
 }
 
@@ -399,7 +447,10 @@ impl ServeConfig {
             },
             workers: args.workers.or(file.workers).unwrap_or(cores),
             io_threads: args.io_threads.or(file.io_threads).unwrap_or(1),
-            io_preempt: args.io_preempt.or(file.io_preempt).unwrap_or(true),
+            io_preempt: args
+                .io_preempt
+                .or(file.io_preempt)
+                .unwrap_or(IoPreempt::Auto),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(256),
             max_in_flight: args.max_in_flight.or(file.max_in_flight).unwrap_or(64),
             max_frame_bytes: args
@@ -584,7 +635,7 @@ mod tests {
         assert_eq!(c.tls, None);
         assert_eq!(c.models, PathBuf::from("models"));
         assert_eq!(c.max_frame_bytes, 4 << 20);
-        assert!(c.io_preempt, "I/O threads at SCHED_BATCH only when asked");
+        assert_eq!(c.io_preempt, IoPreempt::Auto);
     }
 
     #[test]
@@ -604,7 +655,21 @@ mod tests {
         };
         let c = ServeConfig::resolve(&args).unwrap();
         assert_eq!((c.max_in_flight, c.queue_capacity), (7, 3));
-        assert!(!c.io_preempt);
+        assert_eq!(c.io_preempt, IoPreempt::Never);
+        std::fs::write(&file, "io_preempt = \"auto\"\n").unwrap();
+        let c = ServeConfig::resolve(&args).unwrap();
+        assert_eq!(c.io_preempt, IoPreempt::Auto);
+        let over = ServeArgs {
+            io_preempt: Some("true".parse().unwrap()),
+            ..args.clone()
+        };
+        assert_eq!(
+            ServeConfig::resolve(&over).unwrap().io_preempt,
+            IoPreempt::Always
+        );
+        assert!("sometimes".parse::<IoPreempt>().is_err());
+        std::fs::write(&file, "io_preempt = \"sometimes\"\n").unwrap();
+        assert!(ServeConfig::resolve(&args).is_err());
         std::fs::write(&file, "max_inflight = 7\n").unwrap();
         let err = ServeConfig::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");

@@ -10,8 +10,8 @@
 //! nice 5 cut refusal p99 by a third but cost 12–20 % of saturation throughput, the price of
 //! preempting a model run for every frame; once connections read and wrote several frames per
 //! system call, the refusals gained nothing more and the cost stayed. The opposite trade is
-//! `io_preempt = false`: I/O threads at `SCHED_BATCH` ([`io_batch`]), which never preempt a model
-//! run. Model loads and swaps run at `SCHED_IDLE` ([`background`]).
+//! I/O threads at `SCHED_BATCH` ([`io_policy`]; `io_preempt`, by default while every model runs
+//! briefly), which never preempt a model run. Model loads and swaps run at `SCHED_IDLE` ([`background`]).
 //!
 //! Linux threads inherit their creator's scheduling policy and nice value, and an unprivileged
 //! thread can neither leave `SCHED_IDLE` nor lower its nice value again. A model's intra-op pool is
@@ -148,8 +148,9 @@ pub fn background() {
     }
 }
 
-/// Moves the calling I/O thread to `SCHED_BATCH` at its current nice value (`io_preempt = false`).
-/// Needs no privilege; where it is refused the thread keeps the normal policy.
+/// Moves the calling I/O thread to `SCHED_BATCH` (`batch`) or back to the normal policy, at its
+/// current nice value (`io_preempt`, `server::io_policy`). Needs no privilege: only the policy
+/// changes, never the nice value. Where it is refused the thread keeps its policy, and says so.
 ///
 /// Why: the kernel lets a woken thread of the normal policy preempt the running one, and an I/O
 /// thread wakes once per frame and once per answer. On a CPU it shares with a worker that makes
@@ -157,16 +158,25 @@ pub fn background() {
 /// `SCHED_BATCH` thread never preempts on waking; it runs when the worker blocks, yields
 /// (`worker_yield_us`) or ends its slice, and then reads every frame and writes every answer that is
 /// ready. Pinned to one CPU (doc/BENCHMARKS.md, "inferd vs its in-process ceiling"): silero-vad's
-/// saturation 0.48–0.50× → 0.65–0.74× of its ceiling, p99 at half load unchanged; but under
-/// overload a ppocr-cls frame waits unread behind 1.5 ms runs, and 38–44 % of the answers reached
-/// their client after its deadline (2–3 % when I/O preempts). Hence opt-in. On a CPU of its own
-/// the policy changes nothing.
-pub fn io_batch() {
+/// saturation 0.48–0.50× → 0.65–0.74× of its ceiling, p99 at half load unchanged; but a frame
+/// that arrives during a long model run waits for its end, so models that run longer than the
+/// worker's yield interval make refusals slow (doc/BENCHMARKS.md, "Overload"). On a CPU of its
+/// own the policy changes nothing.
+pub fn io_policy(batch: bool) {
     use thread_priority::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
         ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
     };
-    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let policy = ThreadSchedulePolicy::Normal(if batch {
+        NormalThreadSchedulePolicy::Batch
+    } else {
+        NormalThreadSchedulePolicy::Other
+    });
+    let name = if batch {
+        "SCHED_BATCH"
+    } else {
+        "the normal policy"
+    };
     let me = rustix::thread::gettid();
     let nice = rustix::process::getpriority_process(Some(me)).unwrap_or(0);
     // thread-priority sets a normal policy's nice value with it, from its own 0..=99 scale: take
@@ -175,15 +185,13 @@ pub fn io_batch() {
     let keep = (0..=99u8)
         .filter_map(|p| ThreadPriorityValue::try_from(p).ok())
         .map(ThreadPriority::Crossplatform)
-        .find(|p| p.to_posix(batch).is_ok_and(|n| n == nice));
+        .find(|p| p.to_posix(policy).is_ok_and(|n| n == nice));
     let Some(keep) = keep else {
-        log::warn!(
-            "no SCHED_BATCH priority keeps nice {nice}; the I/O thread keeps the normal policy"
-        );
+        log::warn!("no priority of {name} keeps nice {nice}; the I/O thread keeps its policy");
         return;
     };
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), keep, batch) {
-        log::warn!("io_preempt = false: cannot move an I/O thread to SCHED_BATCH ({e:?}); it keeps the normal policy");
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), keep, policy) {
+        log::warn!("cannot move an I/O thread to {name} ({e:?}); it keeps its policy");
     }
 }
 
@@ -220,25 +228,27 @@ mod tests {
     }
 
     #[test]
-    fn an_io_thread_moves_to_batch_keeping_its_nice_value() {
+    fn an_io_thread_moves_to_batch_and_back_keeping_its_nice_value() {
         // At the process's nice, and at one a unit's `Nice=` or an operator may have set.
         for lowered in [0, 3] {
             let (before, after) = std::thread::spawn(move || {
                 lower(lowered);
                 let before = thread_scheduling(std::process::id(), my_tid()).unwrap();
-                io_batch();
-                (
-                    before,
-                    thread_scheduling(std::process::id(), my_tid()).unwrap(),
-                )
+                io_policy(true);
+                let batch = thread_scheduling(std::process::id(), my_tid()).unwrap();
+                io_policy(false);
+                let back = thread_scheduling(std::process::id(), my_tid()).unwrap();
+                (before, (batch, back))
             })
             .join()
             .unwrap();
+            let (batch, back) = after;
             assert_eq!(
-                after,
+                batch,
                 (3, before.1),
                 "SCHED_BATCH (3), same nice; was {before:?}"
             );
+            assert_eq!(back, (0, before.1), "the normal policy again, same nice");
         }
     }
 

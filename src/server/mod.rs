@@ -11,6 +11,7 @@ mod connection;
 mod dispatch;
 mod http;
 mod in_flight;
+mod io_policy;
 mod refusals;
 mod shutdown;
 mod stats;
@@ -26,7 +27,7 @@ use futures_lite::future;
 use inferd_proto::codec::encode_frame_vec;
 use inferd_proto::{ErrorCode, ErrorResponse, Response, ServingState};
 
-use crate::config::ServeConfig;
+use crate::config::{IoPreempt, ServeConfig};
 use crate::metrics::{Listener, Metrics};
 use crate::model::repository::Rescans;
 use crate::model::{Repository, ServedModel};
@@ -35,6 +36,7 @@ use crate::systemd::Inherited;
 use crate::tracker::Tracker;
 
 use access::AccessPolicy;
+use io_policy::IoPolicy;
 pub use refusals::{RefusalCounts, Refusals};
 pub use shutdown::Shutdown;
 use tls::TlsState;
@@ -62,6 +64,8 @@ pub struct Ctx {
     pub refusals: Refusals,
     /// Prometheus series.
     pub metrics: Metrics,
+    /// The policy the I/O threads run at (`io_preempt`).
+    io_policy: IoPolicy,
     /// When the server was built.
     started: Instant,
 }
@@ -299,6 +303,7 @@ impl Server {
         }
         let warmer = scheduler.warmer();
         models.warm_on_workers(Arc::new(move |m| warmer.warm(m)));
+        let config_io_preempt = config.io_preempt;
         let ctx = Arc::new(Ctx {
             config,
             models,
@@ -310,6 +315,7 @@ impl Server {
             access: RwLock::new(Arc::new(access)),
             refusals: Refusals::default(),
             metrics,
+            io_policy: IoPolicy::new(config_io_preempt),
             started: Instant::now(),
         });
         Ok(Server {
@@ -360,17 +366,20 @@ impl Server {
         let executor = Arc::new(async_executor::Executor::new());
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let mut threads = Vec::new();
-        let preempt = ctx.config.io_preempt;
         for i in 1..ctx.config.io_threads {
             let ex = Arc::clone(&executor);
             let stop = stop_rx.clone();
+            let ctx = Arc::clone(&ctx);
             let spawned = std::thread::Builder::new()
                 .name(format!("inferd-io-{i}"))
                 .spawn(move || {
-                    if !preempt {
-                        crate::priority::io_batch();
-                    }
-                    async_io::block_on(ex.run(async { stop.recv().await.ok() }))
+                    async_io::block_on(ex.run(future::or(
+                        async { stop.recv().await.ok() },
+                        async {
+                            ctx.io_policy.follow().await;
+                            None
+                        },
+                    )))
                 });
             match spawned {
                 Ok(t) => threads.push(t),
@@ -403,16 +412,18 @@ impl Server {
                 ctx.shutdown.stop();
             })
         };
-        // `async_io::block_on`: while its tasks wait, this thread polls the reactor itself, so a
-        // socket event wakes the task on the thread that saw it rather than through async-io's
-        // own reactor thread: one thread wake-up and context switch fewer per event, which on one
-        // core raised the fast models' saturation 1.25-1.4x (doc/BENCHMARKS.md, pinned section).
-        // Every thread this one starts is started by now (workers come from `priority`'s
-        // spawner), so none inherits the I/O threads' policy.
-        if !preempt {
-            crate::priority::io_batch();
-        }
-        async_io::block_on(executor.run(async {
+        let auto = (ctx.config.io_preempt == IoPreempt::Auto).then(|| {
+            let ctx = Arc::clone(&ctx);
+            executor.spawn(async move {
+                let mut first = true;
+                loop {
+                    decide_io_policy(&ctx, first);
+                    first = false;
+                    Timer::after(IO_POLICY_EVERY).await;
+                }
+            })
+        });
+        let main = async {
             let plain_loop = async {
                 if let Some(listener) = plain {
                     accept_loop(&listener, &ctx, &executor, Listener::Plain).await;
@@ -449,7 +460,18 @@ impl Server {
                     ctx.connections.count()
                 );
             }
-        }));
+        };
+        // `async_io::block_on`: while its tasks wait, this thread polls the reactor itself, so a
+        // socket event wakes the task on the thread that saw it rather than through async-io's
+        // own reactor thread: one thread wake-up and context switch fewer per event, which on one
+        // core raised the fast models' saturation 1.25-1.4x (doc/BENCHMARKS.md, pinned section).
+        // Beside the work, this thread follows the I/O policy like the others. No I/O thread
+        // starts threads (workers come from `priority`'s spawner, loads from the watch thread), so
+        // none inherits the I/O threads' policy.
+        async_io::block_on(executor.run(future::or(main, async {
+            ctx.io_policy.follow().await;
+        })));
+        drop(auto);
         drop(http);
         drop(delay);
         drop(stop_tx);
@@ -463,6 +485,57 @@ impl Server {
         // Dropping the executor drops any connection still open; their queued jobs are then skipped.
         drop(executor);
         ctx.scheduler.shutdown();
+    }
+}
+
+/// How often `io_preempt = auto` reads the models' run times again: they change with load (a
+/// batched model's runs lengthen with its batches) and with the models served.
+const IO_POLICY_EVERY: Duration = Duration::from_secs(1);
+
+/// `io_preempt = auto`: the I/O threads' policy from the longest measured run among the served
+/// models ([`io_policy::wanted`]); logged when it changes, and the `first` time.
+fn decide_io_policy(ctx: &Ctx, first: bool) {
+    let snapshot = ctx.models.snapshot();
+    // The longest bound and whose it is; a model not measured yet counts as long.
+    let mut longest: Option<Duration> = Some(Duration::ZERO);
+    let mut which = String::new();
+    for m in snapshot.all() {
+        let bound = m.service.execution_bound();
+        let longer = match (bound, longest) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(b), Some(l)) => b > l,
+        };
+        if longer {
+            which = format!("{} v{}", m.name, m.version);
+            longest = bound;
+        }
+    }
+    let every = ctx.config.worker_yield;
+    let batch = io_policy::wanted(longest, every, ctx.io_policy.batch());
+    if ctx.io_policy.set(batch) || first {
+        let run = longest.map_or_else(
+            || "not measured yet".to_owned(),
+            |l| format!("{} µs", l.as_micros()),
+        );
+        let longest = if which.is_empty() {
+            "no model served".to_owned()
+        } else {
+            format!("the longest run is {which}'s, {run}")
+        };
+        match every {
+            Some(every) if batch => log::info!(
+                "I/O threads now at SCHED_BATCH (io_preempt = auto): {longest}, within the worker's yield interval of {} µs",
+                every.as_micros()
+            ),
+            Some(every) => log::info!(
+                "I/O threads now at the normal policy, preempting inference (io_preempt = auto): {longest}, against the worker's yield interval of {} µs",
+                every.as_micros()
+            ),
+            None => log::info!(
+                "I/O threads at the normal policy, preempting inference (io_preempt = auto): workers never yield (worker_yield_us = 0)"
+            ),
+        }
     }
 }
 

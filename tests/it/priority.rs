@@ -1,7 +1,8 @@
 //! Thread priorities of a running daemon, read from `/proc`: inference threads (workers and a
 //! model's intra-op pool) `--worker-nice` steps below the I/O thread, at the normal policy even when
 //! the pool was built by the idle-priority model watch thread during a swap; the watch thread idle;
-//! the I/O threads at `SCHED_BATCH` with `--io-preempt false`.
+//! the I/O threads at `SCHED_BATCH` with `--io-preempt false`, and with `auto` while only fast
+//! models are served.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,6 +66,8 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
             "4",
             "--model-poll-ms",
             "100",
+            "--io-preempt",
+            "true",
         ])
         .args(["--model-cache", "off"]);
     let (mut child, lines) = spawn_logged(command);
@@ -102,9 +105,66 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
     );
 }
 
+const SCHED_BATCH: u32 = 3;
+
+/// Polls `pid`'s threads until `names` are all at `policy` (up to 5 s); the last reading.
+fn until_policy(pid: u32, names: &[&str], policy: u32) -> BTreeMap<String, Vec<(u32, i32)>> {
+    let at = |threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str| {
+        threads.get(name).and_then(|t| t.first()).map(|t| t.0)
+    };
+    let mut threads = threads_of(pid);
+    for _ in 0..500 {
+        if names.iter().all(|n| at(&threads, n) == Some(policy)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        threads = threads_of(pid);
+    }
+    threads
+}
+
+#[test]
+fn auto_batches_io_while_models_are_fast_and_preempts_once_a_slow_one_is_served() {
+    let root = scratch("io-auto");
+    copy_dir(
+        &models_dir().join("digits-mlp/1"),
+        &root.join("digits-mlp/1"),
+    );
+    let mut command = serve_command(&root);
+    // auto is the default; the poll lets the second model arrive while it runs.
+    command.args(["--io-threads", "2", "--model-poll-ms", "100"]);
+    command.args(["--model-cache", "off"]);
+    let (mut child, lines) = spawn_logged(command);
+    let limit = Duration::from_secs(60);
+    wait_for(&lines, "listening on ", limit);
+    let io = ["inferd", "inferd-io-1"];
+    // digits-mlp runs in microseconds, within the worker's 500 µs yield interval.
+    let fast = until_policy(child.id(), &io, SCHED_BATCH);
+    // ppocr-cls runs for milliseconds: frames must not wait for its runs.
+    copy_dir(&models_dir().join("ppocr-cls/1"), &root.join("ppocr-cls/1"));
+    wait_for(&lines, "loaded ppocr-cls v1", limit);
+    let slow = until_policy(child.id(), &io, SCHED_OTHER);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let nice = only_thread(&fast, "inferd-worker-0").1;
+    for name in io {
+        assert_eq!(
+            only_thread(&fast, name),
+            (SCHED_BATCH, nice),
+            "{name}, fast models only"
+        );
+        assert_eq!(
+            only_thread(&slow, name),
+            (SCHED_OTHER, nice),
+            "{name}, ppocr-cls served"
+        );
+    }
+    assert_eq!(only_thread(&slow, "inferd-worker-0"), (SCHED_OTHER, nice));
+}
+
 #[test]
 fn io_threads_run_at_batch_policy_when_they_must_not_preempt_inference() {
-    const SCHED_BATCH: u32 = 3;
     let root = scratch("io-batch");
     copy_dir(
         &models_dir().join("digits-mlp/1"),
@@ -116,18 +176,7 @@ fn io_threads_run_at_batch_policy_when_they_must_not_preempt_inference() {
     let (mut child, lines) = spawn_logged(command);
     wait_for(&lines, "listening on ", Duration::from_secs(60));
     // "listening on" is logged just before the I/O threads start (the main one among them).
-    let policy = |threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str| {
-        threads.get(name).and_then(|t| t.first()).map(|t| t.0)
-    };
-    let mut threads = threads_of(child.id());
-    for _ in 0..200 {
-        let io = ["inferd", "inferd-io-1"].map(|name| policy(&threads, name));
-        if io == [Some(SCHED_BATCH); 2] {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        threads = threads_of(child.id());
-    }
+    let threads = until_policy(child.id(), &["inferd", "inferd-io-1"], SCHED_BATCH);
     let _ = child.kill();
     let _ = child.wait();
 
