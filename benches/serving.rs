@@ -9,7 +9,8 @@
 //! `-- --pinned`: the comparison the throughput issue asks for, "same model, same cores", with the
 //! load generator kept off them. CPU 0 runs the ceiling (one thread) and then the daemon (the
 //! `inferd` binary as a child process under `taskset -c 0`, one inference worker, its I/O thread on
-//! the same CPU); the load generator runs on the other CPUs. Needs two CPUs and `taskset`. For
+//! the same CPU, serving that model alone, as a deployment of it would: `io_preempt = auto` decides
+//! from the models served); the load generator runs on the other CPUs. Needs two CPUs and `taskset`. For
 //! the batchable models it then compares batching off (a second daemon with `--max-batch 1`) and on,
 //! pinned the same way: saturation (4 connections × 16) and p50 one request at a time.
 #![allow(
@@ -34,7 +35,7 @@ use inferd::model::{Registry, Repository};
 use inferd::tensor::HostTensor;
 
 mod common;
-use common::InProcess;
+use common::{copy_dir, InProcess};
 
 const WORKERS: usize = 2;
 
@@ -131,12 +132,6 @@ fn load_with(
         server_metrics: None,
     };
     loadgen::run(&plan).unwrap()
-}
-
-/// The server under load: in this process, or the `inferd` binary as a child (`--pinned`).
-enum Daemon {
-    InProcess(InProcess),
-    Child(Child),
 }
 
 /// The daemon as a child process on CPU 0 with one worker, serving `models` (with `extra` flags):
@@ -253,17 +248,33 @@ fn main() {
     let registry = repository.snapshot();
 
     const SERVER_CPUS: &[usize] = &[0];
-    let (workers, ceiling_cpus, addr, daemon) = if pinned {
+    if pinned {
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert!(cpus >= 2, "--pinned needs two CPUs");
         // The load generator (this thread and the ones it starts) off the server's CPU.
         pin(1..cpus);
-        let (child, addr) = spawn_pinned_daemon(&root.join("models"), &[]);
         println!(
-            "# inferd vs its in-process ceiling, pinned: ceiling and daemon (1 worker) on CPU 0, load generator on CPUs 1-{}",
+            "# inferd vs its in-process ceiling, pinned: ceiling and daemon (1 worker) on CPU 0, load generator on CPUs 1-{}; each model served alone by a daemon of its own, as a deployment of it would be (io_preempt = auto decides from the models served)",
             cpus - 1
         );
-        (1, Some(SERVER_CPUS), addr, Daemon::Child(child))
+        for model in &models {
+            let repo = std::env::temp_dir().join(format!(
+                "inferd-serving-{}-{model}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&repo);
+            copy_dir(&root.join("models").join(model), &repo.join(model));
+            let (mut child, addr) = spawn_pinned_daemon(&repo, &[]);
+            compare(&root, &registry, model, addr, 1, Some(SERVER_CPUS));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let _ = std::fs::remove_dir_all(&repo);
+        }
+        // Batching off and on, both daemons serving the whole repository.
+        let (mut child, on) = spawn_pinned_daemon(&root.join("models"), &[]);
+        batching_off_vs_on(&root, &registry, &models, on);
+        child.kill().unwrap();
+        child.wait().unwrap();
     } else {
         let args = ServeArgs {
             listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -272,40 +283,40 @@ fn main() {
             ..ServeArgs::default()
         };
         let server = InProcess::start(&args, Arc::clone(&repository));
-        let addr = server.addr;
         println!(
             "# inferd vs its in-process ceiling ({WORKERS} workers, load generator on the same cores)"
         );
-        (WORKERS, None, addr, Daemon::InProcess(server))
-    };
-
-    for model in &models {
-        let inputs = sample(&root.join("models").join(model).join("1"));
-        let (ceiling_rps, ceiling_p50) =
-            ceiling(&registry, model, &inputs, 3.0, workers, ceiling_cpus);
-        let sat = load(addr, model, &inputs, None, 5.0);
-        let half = load(addr, model, &inputs, Some(sat.throughput_rps * 0.5), 5.0);
-        let errors: u64 = sat.errors.values().chain(half.errors.values()).sum();
-        println!(
-            "{model}: ceiling {ceiling_rps:.0} req/s (p50 {:.3} ms) | inferd saturation {:.0} req/s = {:.2}x ceiling | at 50% ({:.0} req/s) p50 {:.3} ms p99 {:.3} ms (generator lag p99 {:.3} ms); p99 - ceiling p50 = {:.0} us | errors {errors}",
-            ceiling_p50.as_secs_f64() * 1e3,
-            sat.throughput_rps,
-            sat.throughput_rps / ceiling_rps,
-            sat.throughput_rps * 0.5,
-            half.p50_us as f64 / 1e3,
-            half.p99_us as f64 / 1e3,
-            half.send_lag_p99_us.unwrap_or(0) as f64 / 1e3,
-            half.p99_us as f64 - ceiling_p50.as_secs_f64() * 1e6,
-        );
-    }
-    if pinned {
-        batching_off_vs_on(&root, &registry, &models, addr);
-    }
-    match daemon {
-        Daemon::Child(mut child) => {
-            child.kill().unwrap();
-            child.wait().unwrap();
+        for model in &models {
+            compare(&root, &registry, model, server.addr, WORKERS, None);
         }
-        Daemon::InProcess(server) => server.stop(),
+        server.stop();
     }
 }
+
+/// One model: its in-process ceiling, then inferd at `addr` at saturation and at half of it.
+fn compare(
+    root: &Path,
+    registry: &Registry,
+    model: &str,
+    addr: std::net::SocketAddr,
+    workers: usize,
+    ceiling_cpus: Option<&'static [usize]>,
+) {
+    let inputs = sample(&root.join("models").join(model).join("1"));
+    let (ceiling_rps, ceiling_p50) = ceiling(registry, model, &inputs, 3.0, workers, ceiling_cpus);
+    let sat = load(addr, model, &inputs, None, 5.0);
+    let half = load(addr, model, &inputs, Some(sat.throughput_rps * 0.5), 5.0);
+    let errors: u64 = sat.errors.values().chain(half.errors.values()).sum();
+    println!(
+        "{model}: ceiling {ceiling_rps:.0} req/s (p50 {:.3} ms) | inferd saturation {:.0} req/s = {:.2}x ceiling | at 50% ({:.0} req/s) p50 {:.3} ms p99 {:.3} ms (generator lag p99 {:.3} ms); p99 - ceiling p50 = {:.0} us | errors {errors}",
+        ceiling_p50.as_secs_f64() * 1e3,
+        sat.throughput_rps,
+        sat.throughput_rps / ceiling_rps,
+        sat.throughput_rps * 0.5,
+        half.p50_us as f64 / 1e3,
+        half.p99_us as f64 / 1e3,
+        half.send_lag_p99_us.unwrap_or(0) as f64 / 1e3,
+        half.p99_us as f64 - ceiling_p50.as_secs_f64() * 1e6,
+    );
+}
+
