@@ -258,10 +258,8 @@ fn main() {
             cpus - 1
         );
         for model in &models {
-            let repo = std::env::temp_dir().join(format!(
-                "inferd-serving-{}-{model}",
-                std::process::id()
-            ));
+            let repo =
+                std::env::temp_dir().join(format!("inferd-serving-{}-{model}", std::process::id()));
             let _ = std::fs::remove_dir_all(&repo);
             copy_dir(&root.join("models").join(model), &repo.join(model));
             let (mut child, addr) = spawn_pinned_daemon(&repo, &[]);
@@ -319,4 +317,3 @@ fn compare(
         half.p99_us as f64 - ceiling_p50.as_secs_f64() * 1e6,
     );
 }
-
