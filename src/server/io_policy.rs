@@ -9,7 +9,7 @@
 //! every served model's runs (their measured bound) fit within the worker's yield interval, so that
 //! a frame never waits much more than that; a model that runs longer puts them back at the normal
 //! policy. Measured on one shared CPU (doc/BENCHMARKS.md, "Overload"): silero-vad (0.06 ms) served
-//! 44–47 % more at saturation at `SCHED_BATCH`, refusals within ~1 ms either way; ppocr-cls (1.5
+//! 40–50 % more at saturation at `SCHED_BATCH`, refusals within ~1 ms either way; ppocr-cls (1.5
 //! ms) refused in 1.7–2.2 ms at `SCHED_BATCH` against 1.1–1.4 ms.
 //!
 //! A thread can only change its own policy without affecting its own nice value, so the wanted

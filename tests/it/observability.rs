@@ -39,21 +39,25 @@ fn an_answer_written_after_its_deadline_is_counted_late() {
     let late = r#"inferd_answers_after_deadline_total{model="digits-mlp",version="1"}"#;
     let mut raw = Raw::ready(server.addr);
     // How long a batch of thousands of rows takes here, end to end: the scale of the deadline below.
-    let t = Instant::now();
-    raw.infer(1, "digits-mlp", &[slow_batch()]);
-    assert!(matches!(raw.recv(), Some(Got::Result { id: 1, .. })));
-    let slow = t.elapsed();
+    // The shorter of two, since the first run of that size also allocates its buffers.
+    let mut slow = Duration::MAX;
+    for id in [1, 2] {
+        let t = Instant::now();
+        raw.infer(id, "digits-mlp", &[slow_batch()]);
+        assert!(matches!(raw.recv(), Some(Got::Result { .. })));
+        slow = slow.min(t.elapsed());
+    }
     // Small runs bring the model's measured answer time back to microseconds (its moving averages
     // forget the slow run by 1/8 and 1/4 per execution).
-    for id in 2..60 {
+    for id in 3..60 {
         raw.infer(id, "digits-mlp", &[digits_input()]);
         assert!(matches!(raw.recv(), Some(Got::Result { .. })));
     }
     let before = scrape(&server);
     assert_eq!(before.get(late), Some(&0.0));
-    // A third of that run as the deadline passes admission and the worker's check (a row takes
+    // A quarter of that run as the deadline passes admission and the worker's check (a row takes
     // microseconds); the run then ends after it, and its answer, still sent, is late.
-    let deadline = u32::try_from(slow.as_millis() / 3).unwrap().max(1);
+    let deadline = u32::try_from(slow.as_millis() / 4).unwrap().max(1);
     raw.infer_with(100, "digits-mlp", None, Some(deadline), &[slow_batch()]);
     match raw.recv() {
         Some(Got::Result { id: 100, .. }) => {}

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use inferd::priority::thread_scheduling;
 
-use crate::harness::{copy_dir, models_dir, scratch, serve_command, spawn_logged, wait_for};
+use crate::harness::{
+    copy_dir, models_dir, scratch, serve_command, spawn_logged, wait_for, Scratch,
+};
 
 /// Policy numbers of `sched_setscheduler(2)`.
 const SCHED_OTHER: u32 = 0;
@@ -38,6 +40,18 @@ fn threads_of(pid: u32) -> BTreeMap<String, Vec<(u32, i32)>> {
     threads
 }
 
+/// A scratch repository holding digits-mlp v1 alone (removed when dropped), and a `serve` command
+/// on it.
+fn digits_only(tag: &str) -> (Scratch, std::process::Command) {
+    let root = scratch(tag);
+    copy_dir(
+        &models_dir().join("digits-mlp/1"),
+        &root.join("digits-mlp/1"),
+    );
+    let command = serve_command(&root);
+    (root, command)
+}
+
 /// Policy and nice of the one thread called `name`; panics unless there is exactly one.
 fn only_thread(threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str) -> (u32, i32) {
     match threads.get(name).map(Vec::as_slice) {
@@ -48,16 +62,11 @@ fn only_thread(threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str) -> (u32,
 
 #[test]
 fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
-    let root = scratch("priority");
-    copy_dir(
-        &models_dir().join("digits-mlp/1"),
-        &root.join("digits-mlp/1"),
-    );
+    let (root, mut command) = digits_only("priority");
     let pools = cfg!(feature = "intra-op-threads");
     if pools {
         std::fs::write(root.join("digits-mlp/serving.toml"), "threads = 2\n").unwrap();
     }
-    let mut command = serve_command(&root);
     command
         .args([
             "--workers",
@@ -125,12 +134,7 @@ fn until_policy(pid: u32, names: &[&str], policy: u32) -> BTreeMap<String, Vec<(
 
 #[test]
 fn auto_batches_io_while_models_are_fast_and_preempts_once_a_slow_one_is_served() {
-    let root = scratch("io-auto");
-    copy_dir(
-        &models_dir().join("digits-mlp/1"),
-        &root.join("digits-mlp/1"),
-    );
-    let mut command = serve_command(&root);
+    let (root, mut command) = digits_only("io-auto");
     // auto is the default; the poll lets the second model arrive while it runs.
     command.args(["--io-threads", "2", "--model-poll-ms", "100"]);
     command.args(["--model-cache", "off"]);
@@ -165,12 +169,7 @@ fn auto_batches_io_while_models_are_fast_and_preempts_once_a_slow_one_is_served(
 
 #[test]
 fn io_threads_run_at_batch_policy_when_they_must_not_preempt_inference() {
-    let root = scratch("io-batch");
-    copy_dir(
-        &models_dir().join("digits-mlp/1"),
-        &root.join("digits-mlp/1"),
-    );
-    let mut command = serve_command(&root);
+    let (_root, mut command) = digits_only("io-batch");
     command.args(["--io-threads", "2", "--io-preempt", "false"]);
     command.args(["--model-cache", "off"]);
     let (mut child, lines) = spawn_logged(command);

@@ -103,10 +103,12 @@ fn expired_requests_are_answered_and_never_computed() {
     let server = TestServer::with(|c| c.workers = 1);
     let mut blocker = occupy_worker(&server);
     let mut raw = Raw::ready(server.addr);
+    // Read before sending: a request may be refused at admission (the 0 ms one always is) before
+    // this thread runs again. The blocker was counted when it started.
+    let before = server.handle.scheduler_stats();
     // 1 ms: long expired when the worker frees up.
     raw.infer_with(1, "digits-mlp", None, Some(1), &[digits_input()]);
     raw.infer_with(2, "digits-mlp", None, Some(0), &[digits_input()]);
-    let before = server.handle.scheduler_stats();
     release(&mut blocker);
     for _ in 0..2 {
         match raw.recv() {
