@@ -1,6 +1,8 @@
 //! inferd against its own ceiling, in one run: tract on the same model with the same number of worker
 //! threads and no network (the in-process ceiling), then inferd over loopback at saturation and at
-//! 50 % of it (open loop, latency from the intended send time).
+//! 50 % of it (open loop, latency from the intended send time). For a model that batches, also the
+//! batched ceiling: tract running 32-row batches of the sample, in rows per second, which a batching
+//! daemon's saturation is measured against as well (it can pass the one-request-per-run ceiling).
 //!
 //! `cargo bench --bench serving [-- MODEL...]` (default: ppocr-cls silero-vad digits-mlp). Prints
 //! ratios; the load generator shares the machine's cores with the server, as a client on the same
@@ -38,6 +40,8 @@ mod common;
 use common::{copy_dir, InProcess};
 
 const WORKERS: usize = 2;
+/// Rows per run of the batched ceiling: the daemon's default `--max-batch`.
+const BATCH_ROWS: usize = 32;
 
 fn sample(dir: &Path) -> Vec<HostTensor> {
     inferd::npy::read_folder(&dir.join("sample")).unwrap()
@@ -63,13 +67,7 @@ fn ceiling(
     cpus: Option<&'static [usize]>,
 ) -> (f64, Duration) {
     let served = registry.get(model, None).unwrap();
-    // The model takes inputs in its declared order.
-    let ordered: Vec<HostTensor> = served
-        .runtime
-        .inputs()
-        .iter()
-        .map(|spec| inputs.iter().find(|t| t.name == spec.name).unwrap().clone())
-        .collect();
+    let ordered = in_model_order(registry, model, inputs);
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let threads: Vec<_> = (0..workers)
         .map(|_| {
@@ -94,6 +92,17 @@ fn ceiling(
         .collect();
     times.sort();
     (times.len() as f64 / secs, times[times.len() / 2])
+}
+
+/// `inputs` in the model's declared order, the order `Runtime::run` takes.
+fn in_model_order(registry: &Registry, model: &str, inputs: &[HostTensor]) -> Vec<HostTensor> {
+    let served = registry.get(model, None).unwrap();
+    served
+        .runtime
+        .inputs()
+        .iter()
+        .map(|spec| inputs.iter().find(|t| t.name == spec.name).unwrap().clone())
+        .collect()
 }
 
 fn load(
@@ -191,7 +200,7 @@ fn batching_off_vs_on(
 ) {
     let batchable: Vec<&String> = models
         .iter()
-        .filter(|m| registry.get(m, None).is_ok_and(|m| m.batchable))
+        .filter(|m| registry.get(m, None).is_ok_and(|m| m.batch.is_some()))
         .collect();
     if batchable.is_empty() {
         return;
@@ -302,6 +311,20 @@ fn compare(
 ) {
     let inputs = sample(&root.join("models").join(model).join("1"));
     let (ceiling_rps, ceiling_p50) = ceiling(registry, model, &inputs, 3.0, workers, ceiling_cpus);
+    // What tract does with whole batches: the bound for a batching daemon, whose saturation can
+    // pass the one-request-per-run ceiling above.
+    let batched = registry
+        .get(model, None)
+        .unwrap()
+        .batch
+        .clone()
+        .map(|axes| {
+            let one = in_model_order(registry, model, &inputs);
+            let rows = vec![one.as_slice(); BATCH_ROWS];
+            let stacked = inferd::scheduler::batch::stack(&rows, &axes.inputs);
+            let (runs, _) = ceiling(registry, model, &stacked, 3.0, workers, ceiling_cpus);
+            runs * BATCH_ROWS as f64
+        });
     let sat = load(addr, model, &inputs, None, 5.0);
     let half = load(addr, model, &inputs, Some(sat.throughput_rps * 0.5), 5.0);
     let errors: u64 = sat.errors.values().chain(half.errors.values()).sum();
@@ -316,4 +339,10 @@ fn compare(
         half.send_lag_p99_us.unwrap_or(0) as f64 / 1e3,
         half.p99_us as f64 - ceiling_p50.as_secs_f64() * 1e6,
     );
+    if let Some(rows_per_s) = batched {
+        println!(
+            "{model}: batched ceiling (tract on {BATCH_ROWS}-row batches) {rows_per_s:.0} rows/s | inferd saturation = {:.2}x of it",
+            sat.throughput_rps / rows_per_s
+        );
+    }
 }

@@ -3,9 +3,10 @@
 //! model.
 //!
 //! A data set is a folder with one `<input>.npy` per model input. A file whose shape is exactly the
-//! input's fixed declared shape is the same for every sample (a recurrent model's zero state, say);
-//! otherwise its axis 0 indexes the samples and sample `i` is the slice `i..i + 1` along it, so each
-//! run sees a batch of one with the file's other dimensions.
+//! input's declared shape, with any symbol at 1, is the same for every sample (a recurrent model's
+//! initial state, say, `[2, 1, 128]` for a state declared `[2, N, 128]`); otherwise its axis 0
+//! indexes the samples and sample `i` is the slice `i..i + 1` along it, so each run sees a batch of
+//! one with the file's other dimensions.
 
 use std::path::Path;
 
@@ -52,15 +53,15 @@ impl DataSet {
                     spec.dtype
                 ));
             }
-            let fixed: Option<Vec<u64>> = spec
+            let one: Vec<u64> = spec
                 .shape
                 .iter()
                 .map(|d| match d {
-                    DimSpec::Fixed(n) => Some(*n),
-                    DimSpec::Symbol(_) => None,
+                    DimSpec::Fixed(n) => *n,
+                    DimSpec::Symbol(_) => 1,
                 })
                 .collect();
-            if fixed.as_deref() == Some(tensor.shape.as_slice()) {
+            if one == tensor.shape {
                 columns.push(Column::Shared(tensor));
                 continue;
             }
@@ -384,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn data_sets_slice_rows_and_share_fixed_inputs() {
+    fn data_sets_slice_rows_and_share_single_row_inputs() {
         let dir = std::env::temp_dir().join(format!("inferd-quality-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let rows = HostTensor::from_f32("input", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
@@ -411,6 +412,21 @@ mod tests {
         assert_eq!(second[0].shape, [1, 2]);
         assert_eq!(second[0].as_f32().unwrap(), [3.0, 4.0]);
         assert_eq!(second[1], state);
+        // The same files for a model that batches: the state declared [2, N] is still shared.
+        let batching = [
+            IoSpec {
+                shape: vec![DimSpec::Symbol("N".into()), DimSpec::Fixed(2)],
+                ..specs[0].clone()
+            },
+            IoSpec {
+                shape: vec![DimSpec::Fixed(2), DimSpec::Symbol("N".into())],
+                ..specs[1].clone()
+            },
+        ];
+        let set = DataSet::read(&dir, &batching).unwrap();
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.sample(2)[0].as_f32().unwrap(), [5.0, 6.0]);
+        assert_eq!(set.sample(2)[1], state);
         let wrong = [IoSpec {
             dtype: DType::I64,
             ..specs[0].clone()

@@ -259,7 +259,8 @@ pub struct ModelInfo<'a> {
     pub name: &'a str,
     /// The version described.
     pub version: u32,
-    /// The axis along which requests may be batched, if any.
+    /// If the server batches this model's requests: the axis of the first input that holds the rows.
+    /// Every other input and output holds them where the same symbol (`N`) is in its shape.
     pub batch_axis: Option<u8>,
     /// One-line description from the manifest (may be empty).
     pub description: &'a str,

@@ -26,8 +26,8 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub candidate: PathBuf,
     /// The data set: one <input>.npy per model input. Axis 0 indexes the samples (each runs as a
-    /// batch of one), except in a file whose shape is the input's fixed shape, which every sample
-    /// shares.
+    /// batch of one), except in a file whose shape is the input's declared shape with any symbol at
+    /// 1, which every sample shares.
     #[arg(long)]
     pub data: PathBuf,
     /// A float output that holds class scores or probabilities (repeat per output): its decisions

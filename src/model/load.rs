@@ -13,7 +13,7 @@ use super::cache::{Key, Lookup, ModelCache, Unwritten};
 use super::manifest::Manifest;
 use super::registry::{LoadFigures, ServedModel, MODEL_FILE};
 use super::runtime::Prepared;
-use super::{DimSpec, IoSpec, LoadError, Runtime};
+use super::{BatchAxes, IoSpec, LoadError, Runtime};
 use crate::scheduler::ServiceTime;
 use crate::tensor::HostTensor;
 
@@ -52,7 +52,13 @@ pub fn load_version(
     // The clone keeps the weights as imported (optimisation repacks them into new tensors): about
     // the version's weights again, until the watch thread has written the entry.
     let unwritten = key.map(|key| Unwritten::new(key, name, version, prepared.clone()));
-    let runtime = prepared
+    // The graph again for a single-row plan, if the model may batch (another clone sharing the
+    // weights, dropped once that plan is built).
+    let for_single_rows = manifest
+        .as_ref()
+        .filter(|m| m.batch_axis.is_some() && m.single_row_plan != Some(false))
+        .map(|_| prepared.clone());
+    let mut runtime = prepared
         .into_runtime()
         .and_then(|mut r| r.set_threads(threads, nice).map(|()| r))
         .map_err(model_error)?;
@@ -68,10 +74,6 @@ pub fn load_version(
         path: vdir.display().to_string(),
         message: format!("warm-up failed: {message}"),
     })?;
-    let resident_bytes = match (rss_before, crate::metrics::resident_bytes()) {
-        (Some(before), Some(after)) => after.saturating_sub(before),
-        _ => 0,
-    };
     let inputs: Vec<String> = runtime.inputs().iter().map(ToString::to_string).collect();
     let outputs: Vec<String> = runtime.outputs().iter().map(ToString::to_string).collect();
     log::info!(
@@ -85,23 +87,48 @@ pub fn load_version(
         log::warn!("{name} v{version}: {repair}");
     }
     let manifest = manifest.unwrap_or_default();
-    let symbolic_first = |specs: &[IoSpec]| {
-        specs
-            .iter()
-            .all(|s| matches!(s.shape.first(), Some(DimSpec::Symbol(_))))
+    let batch = manifest.batch_axis.and_then(|axis| {
+        BatchAxes::find(axis, runtime.inputs(), runtime.outputs())
+            .map_err(|why| {
+                log::warn!("{name} v{version}: batch_axis is set but {why}; not batching")
+            })
+            .ok()
+    });
+    let single_row = match (&batch, for_single_rows) {
+        (Some(axes), Some(prepared)) => plan_single_rows(
+            &mut runtime,
+            prepared,
+            &axes.symbol,
+            &warmup_inputs,
+            manifest.single_row_plan,
+            &format!("{name} v{version}"),
+        ),
+        _ => None,
     };
-    let batchable = manifest.batch_axis == Some(0)
-        && symbolic_first(runtime.inputs())
-        && symbolic_first(runtime.outputs());
-    if manifest.batch_axis.is_some() && !batchable {
-        log::warn!("{name} v{version}: batch_axis is set but the model's shapes do not allow stacking on axis 0; not batching");
-    }
+    let steady = single_row.or(steady);
+    let resident_bytes = match (rss_before, crate::metrics::resident_bytes()) {
+        (Some(before), Some(after)) => after.saturating_sub(before),
+        _ => 0,
+    };
+    let service = steady.map_or_else(ServiceTime::default, |took| {
+        let rows = batch
+            .as_ref()
+            .and_then(|b| {
+                warmup_inputs
+                    .first()?
+                    .shape
+                    .get(*b.inputs.first()?)
+                    .copied()
+            })
+            .unwrap_or(1);
+        ServiceTime::seeded(rows, took)
+    });
     let served = ServedModel {
         name: name.to_owned(),
         version,
         manifest,
         runtime,
-        batchable,
+        batch,
         load: LoadFigures {
             load,
             warmup,
@@ -110,15 +137,7 @@ pub fn load_version(
         },
         loaded_at: std::time::SystemTime::now(),
         last_used: std::sync::atomic::AtomicU64::new(super::registry::now_ms()),
-        service: steady.map_or_else(ServiceTime::default, |took| {
-            let rows = warmup_inputs
-                .first()
-                .and_then(|t| t.shape.first())
-                .copied()
-                .filter(|_| batchable)
-                .unwrap_or(1);
-            ServiceTime::seeded(rows, took)
-        }),
+        service,
         warmup_inputs,
     };
     Ok((served, unwritten))
@@ -163,6 +182,54 @@ fn warm_up(
         last = Some(took);
     }
     Ok((first, last))
+}
+
+/// Gives a batching model's single-row requests a plan of their own where that pays
+/// ([`Runtime::plan_single_rows`]), and logs what was measured. Returns the kept plan's run time on
+/// the warm-up inputs (the first estimate of its service time). A plan that cannot be built or run
+/// leaves the model on its batch plan: it is an optimisation, never a reason to refuse a version.
+fn plan_single_rows(
+    runtime: &mut Runtime,
+    prepared: super::runtime::Prepared,
+    symbol: &str,
+    probe: &[HostTensor],
+    keep: Option<bool>,
+    label: &str,
+) -> Option<Duration> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.plan_single_rows(prepared, symbol, probe, keep)
+    }))
+    .unwrap_or_else(|_| Err("the model panicked".to_owned()));
+    match outcome {
+        Ok((Some(race), kept)) => {
+            log::info!(
+                "{label}: one row runs in {} µs with {symbol} = 1, {} µs with the batch plan: {}",
+                race.single_plan.as_micros(),
+                race.batch_plan.as_micros(),
+                if kept {
+                    "single rows get their own plan"
+                } else {
+                    "one plan for all"
+                }
+            );
+            kept.then_some(race.single_plan)
+        }
+        Ok((None, kept)) => {
+            log::info!(
+                "{label}: {}",
+                if kept {
+                    "single rows get their own plan (manifest), not timed: warm-up has no single row"
+                } else {
+                    "one plan for all: warm-up has no single row to time a plan for them on"
+                }
+            );
+            None
+        }
+        Err(why) => {
+            log::warn!("{label}: no plan of its own for single rows: {why}");
+            None
+        }
+    }
 }
 
 /// The shipped sample, ordered as the model's inputs; or, without a `sample/` folder, inputs

@@ -22,10 +22,14 @@ pub struct Manifest {
     pub description: String,
     /// Licence of the model file (SPDX id or a sentence).
     pub licence: String,
-    /// Axis along which requests can be batched.
+    /// Axis of the first input along which requests can be batched; every other input and output
+    /// batches where the symbol at that axis appears (`BatchAxes`).
     pub batch_axis: Option<u8>,
     /// Most rows one batch of this model may hold (overrides `--max-batch`; 1 turns batching off).
     pub max_batch: Option<u64>,
+    /// Whether requests of one row get a plan of their own (`runtime::single_row`): unset, only
+    /// where it is measured at load to pay.
+    pub single_row_plan: Option<bool>,
     /// Input facts, replacing those the ONNX file declares; empty: use the file's.
     pub inputs: Vec<IoSpec>,
     /// Tolerance for comparing outputs with the shipped references.
@@ -52,6 +56,7 @@ struct Raw {
     licence: String,
     batch_axis: Option<u8>,
     max_batch: Option<u64>,
+    single_row_plan: Option<bool>,
     #[serde(default)]
     inputs: Vec<RawInput>,
     tolerance: Option<Tolerance>,
@@ -125,14 +130,13 @@ impl Manifest {
                 shape,
             });
         }
-        if let Some(axis) = raw.batch_axis {
-            for input in &inputs {
-                if usize::from(axis) >= input.shape.len() {
-                    return Err(format!(
-                        "batch_axis {axis} is beyond the rank of input {:?}",
-                        input.name
-                    ));
-                }
+        // The axis is the first input's; the others batch where its symbol appears (`BatchAxes`).
+        if let (Some(axis), Some(first)) = (raw.batch_axis, inputs.first()) {
+            if usize::from(axis) >= first.shape.len() {
+                return Err(format!(
+                    "batch_axis {axis} is beyond the rank of input {:?}",
+                    first.name
+                ));
             }
         }
         Ok(Manifest {
@@ -140,6 +144,7 @@ impl Manifest {
             licence: raw.licence,
             batch_axis: raw.batch_axis,
             max_batch: raw.max_batch.map(|n| n.max(1)),
+            single_row_plan: raw.single_row_plan,
             inputs,
             tolerance: raw.tolerance,
         })

@@ -1,8 +1,10 @@
 //! Models: what is on disk (`manifest`, `policy`), how it runs (`runtime`, the only module that
 //! names tract), how a version becomes servable (`load`, with the prepared-model `cache`), what is
 //! served now (`registry`, one snapshot) and how that follows the folder (`repository`), and whether
-//! a request fits a model (`validate`).
+//! a request fits a model (`validate`); where a batching model's tensors hold their rows
+//! (`batch_axes`).
 
+pub mod batch_axes;
 pub mod cache;
 pub mod load;
 pub mod manifest;
@@ -14,6 +16,7 @@ pub mod validate;
 
 use inferd_proto::DType;
 
+pub use batch_axes::BatchAxes;
 pub use registry::{LoadFigures, Registry, ServedModel};
 pub use repository::Repository;
 pub use runtime::Runtime;

@@ -14,7 +14,7 @@ use inferd_proto::ErrorCode;
 
 use super::manifest::Manifest;
 use super::policy::Scheduling;
-use super::{LoadError, Runtime};
+use super::{BatchAxes, LoadError, Runtime};
 use crate::error::RequestError;
 
 /// The ONNX file name looked for in each version folder.
@@ -31,9 +31,9 @@ pub struct ServedModel {
     pub manifest: Manifest,
     /// The loaded model.
     pub runtime: Runtime,
-    /// Requests can be stacked along axis 0: the manifest says `batch_axis = 0` and every input and
-    /// output has a symbolic first dimension.
-    pub batchable: bool,
+    /// Where requests stack, if they can: the manifest sets `batch_axis` and every input and output
+    /// holds the batch symbol once ([`BatchAxes::find`]).
+    pub batch: Option<BatchAxes>,
     /// What loading it cost.
     pub load: LoadFigures,
     /// When it became servable.

@@ -3,12 +3,13 @@
 //! Connections validate a request, then [`Scheduler::submit`] it. The queues are bounded (all models
 //! together): a full scheduler refuses at once with `OVERLOADED`, never waits, so overload shows up as
 //! a fast, explicit answer rather than as latency. When a worker thread is free it takes the oldest
-//! request, and, for a model that batches (a symbolic batch axis 0 on every input and output), every
-//! queued request of that model with the same shape, up to `max_batch` rows, stacks them, runs the
-//! model once and splits the outputs back (`policy`, `batch`). A batch is never waited for: batches form
-//! only from requests that queued while the workers were busy. Requests whose client has gone or that
-//! could no longer finish before their deadline (at the model's measured run time) are taken out
-//! without being computed. tract never runs on an executor thread.
+//! request, and, for a model that batches (the batch symbol on one axis of every input and output,
+//! `BatchAxes`), every queued request of that model with the same shape, up to `max_batch` rows,
+//! stacks them, runs the model once and splits the outputs back (`policy`, `batch`). A batch is
+//! never waited for: batches form only from requests that queued while the workers were busy.
+//! Requests whose client has gone or that could no longer finish before their deadline (at the
+//! model's measured run time) are taken out without being computed. tract never runs on an
+//! executor thread.
 //!
 //! Per model (its `serving.toml`, [`Scheduling`]): at most `workers` workers run it at once, at most
 //! `max_in_flight` of its requests are queued or running (one more is refused `OVERLOADED` with a
@@ -19,7 +20,7 @@
 //! A model version is also run once on every worker before it takes traffic ([`Warmer`]): tract keeps
 //! matrix-multiply scratch space per thread, and a worker's first run of a model pays for it.
 
-mod batch;
+pub mod batch;
 pub mod policy;
 mod service;
 
@@ -565,24 +566,33 @@ impl Drop for Scheduler {
     }
 }
 
-/// Rows along the batch axis and the shape key (every input's shape without axis 0), for a model that
-/// batches; `(1, [])` otherwise.
+/// Rows along the batch axis and the shape key (every input's shape without its batch axis), for a
+/// model that batches; `(1, [])` otherwise.
 fn batch_shape(job: &Job) -> (u64, Vec<u64>) {
-    if !job.model.batchable {
+    let Some(axes) = &job.model.batch else {
         return (1, Vec::new());
-    }
-    let rows = job
-        .inputs
-        .first()
-        .and_then(|t| t.shape.first())
-        .copied()
-        .unwrap_or(1);
+    };
     let mut key = Vec::new();
-    for t in &job.inputs {
-        key.extend(t.shape.iter().skip(1));
+    for (t, &axis) in job.inputs.iter().zip(&axes.inputs) {
+        key.extend(
+            t.shape
+                .iter()
+                .enumerate()
+                .filter(|&(ix, _)| ix != axis)
+                .map(|(_, &d)| d),
+        );
         key.push(u64::MAX); // separator: [2,3]+[4] differs from [2]+[3,4]
     }
-    (rows, key)
+    (rows(&job.model, &job.inputs), key)
+}
+
+/// Rows of one request (or stacked batch) of `model`: its first input's size along the batch axis;
+/// 1 for a model that does not batch.
+fn rows(model: &ServedModel, inputs: &[HostTensor]) -> u64 {
+    match (&model.batch, inputs.first()) {
+        (Some(axes), Some(first)) => batch::rows(first, axes.inputs.first().copied().unwrap_or(0)),
+        _ => 1,
+    }
 }
 
 /// A worker: take the next batch, answer the dead, run the live, until shut down and drained.
@@ -775,7 +785,7 @@ fn next_batch(shared: &Shared, me: usize) -> Option<Next> {
 
 /// The most rows one batch of this queue's model may hold.
 fn max_rows(q: &ModelQueue, default: u64) -> u64 {
-    if q.model.batchable {
+    if q.model.batch.is_some() {
         q.model.manifest.max_batch.unwrap_or(default)
     } else {
         1
@@ -872,18 +882,10 @@ fn take_out(
 fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
     let c = &shared.counters;
     if batch.len() > 1 {
-        let rows: Vec<u64> = batch
-            .iter()
-            .map(|j| {
-                j.inputs
-                    .first()
-                    .and_then(|t| t.shape.first())
-                    .copied()
-                    .unwrap_or(1)
-            })
-            .collect();
+        let rows: Vec<u64> = batch.iter().map(|j| rows(model, &j.inputs)).collect();
+        let axes = model.batch.as_ref();
         let refs: Vec<&[HostTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
-        let stacked = batch::stack(&refs);
+        let stacked = batch::stack(&refs, axes.map_or(&[][..], |a| &a.inputs));
         c.executions.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let executed = execute(model, stacked);
@@ -893,7 +895,8 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
             t.metrics().executed(batch.len(), took);
         }
         if let Ok(outputs) = executed {
-            if let Some(split) = batch::split(outputs, &rows) {
+            if let Some(split) = batch::split(outputs, &rows, axes.map_or(&[][..], |a| &a.outputs))
+            {
                 c.batches.fetch_add(1, Ordering::Relaxed);
                 c.computed.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for (job, outputs) in batch.into_iter().zip(split) {
@@ -910,12 +913,7 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
     }
     for mut job in batch {
         let inputs = std::mem::take(&mut job.inputs);
-        let rows = inputs
-            .first()
-            .and_then(|t| t.shape.first())
-            .copied()
-            .filter(|_| model.batchable)
-            .unwrap_or(1);
+        let rows = rows(model, &inputs);
         c.executions.fetch_add(1, Ordering::Relaxed);
         c.computed.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();

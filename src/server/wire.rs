@@ -40,7 +40,9 @@ pub fn model_info(id: u32, m: &ServedModel) -> Result<ModelInfo<'_>, RequestErro
         id,
         name: &m.name,
         version: m.version,
-        batch_axis: m.manifest.batch_axis,
+        // Only for a model that batches: a manifest's axis its tensors do not support is not news
+        // to a client.
+        batch_axis: m.batch.as_ref().and(m.manifest.batch_axis),
         description: &m.manifest.description,
         inputs: infos(m.runtime.inputs())?,
         outputs: infos(m.runtime.outputs())?,

@@ -404,7 +404,7 @@ fn each_worker_runs_a_version_before_it_serves() {
         version: 2,
         manifest: m.manifest.clone(),
         runtime: m.runtime.clone(),
-        batchable: m.batchable,
+        batch: m.batch.clone(),
         load: m.load,
         loaded_at: m.loaded_at,
         last_used: std::sync::atomic::AtomicU64::new(0),

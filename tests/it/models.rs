@@ -253,3 +253,80 @@ fn the_profile_times_every_node_of_the_plan() {
     let want = npy(vdir.join("reference/label.npy"), "label");
     assert_close(&out[0], &want, 0.0, "digits label after profiling");
 }
+
+/// A copy of shipped model `from` as `<root>/<name>/1`, with `line` put first in its manifest.
+fn variant(root: &Path, from: &str, name: &str, line: &str) {
+    let dir = root.join(name).join("1");
+    crate::harness::copy_dir(&repo_root().join("models").join(from).join("1"), &dir);
+    let manifest = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+    std::fs::write(dir.join("model.toml"), format!("{line}\n{manifest}")).unwrap();
+}
+
+#[test]
+fn single_rows_of_a_batching_model_may_run_a_plan_of_their_own() {
+    let dir = scratch("single-row-plan");
+    variant(&dir, "silero-vad", "own", "single_row_plan = true");
+    variant(&dir, "silero-vad", "one", "single_row_plan = false");
+    // batch_axis on a dimension the manifest fixes: served, but not batching.
+    variant(&dir, "digits-mlp", "fixed", "");
+    let fixed = dir.join("fixed/1/model.toml");
+    let text = std::fs::read_to_string(&fixed).unwrap();
+    std::fs::write(
+        &fixed,
+        text.replace("shape = [\"N\", 64]", "shape = [1, 64]"),
+    )
+    .unwrap();
+
+    let repo = std::sync::Arc::new(
+        inferd::model::Repository::open(&dir, inferd::model::repository::Settings::default())
+            .unwrap(),
+    );
+    let models = repo.snapshot();
+    let (own, one) = (
+        models.get("own", None).unwrap(),
+        models.get("one", None).unwrap(),
+    );
+    assert!(own.runtime.has_single_row_plan());
+    assert!(!one.runtime.has_single_row_plan());
+    // The second plan holds its own copy of the weights, and the memory budget counts it.
+    assert_eq!(own.runtime.weight_bytes(), 2 * one.runtime.weight_bytes());
+    assert!(models.get("fixed", None).unwrap().batch.is_none());
+
+    let input = npy("models/silero-vad/1/sample/input.npy", "input");
+    let state = npy("models/silero-vad/1/sample/state.npy", "state");
+    let single = vec![input.clone(), state.clone()];
+    let three = inferd::scheduler::batch::stack(&[&single[..], &single[..], &single[..]], &[0, 1]);
+    // One row: each model's own plan, the same answer up to the last bits.
+    let (a, b) = (
+        own.runtime.run(single.clone()).unwrap(),
+        one.runtime.run(single).unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.shape, y.shape);
+        for (p, q) in x.as_f32().unwrap().iter().zip(y.as_f32().unwrap()) {
+            assert!((p - q).abs() <= 1e-5, "{} {p} vs {q}", x.name);
+        }
+    }
+    // Three rows: both run the symbolic plan, so the same bits.
+    let (a, b) = (
+        own.runtime.run(three.clone()).unwrap(),
+        one.runtime.run(three).unwrap(),
+    );
+    assert_eq!(a[1].shape, vec![2, 3, 128]);
+    assert_eq!(a, b);
+
+    // Clients learn the batch axis only of a model that batches.
+    let server = TestServer::serving(repo, |_| {});
+    let client = BlockingClient::connect(server.addr, ClientOptions::default()).unwrap();
+    let vad = client.model_info("own", None).unwrap();
+    assert_eq!(vad.batch_axis, Some(0));
+    assert_eq!(
+        vad.inputs[1].shape,
+        vec![
+            DimSpec::Fixed(2),
+            DimSpec::Symbol("N".into()),
+            DimSpec::Fixed(128)
+        ]
+    );
+    assert_eq!(client.model_info("fixed", None).unwrap().batch_axis, None);
+}

@@ -6,7 +6,7 @@ use inferd::proto::ErrorCode;
 use inferd::tensor::HostTensor;
 
 use crate::errors::{occupy_worker, release};
-use crate::harness::{digits_input, eventually, ppocr_input, TestServer};
+use crate::harness::{digits_input, eventually, npy, ppocr_input, TestServer};
 use crate::raw::{Got, Raw};
 
 /// Waits until the scheduler has nothing queued.
@@ -79,6 +79,107 @@ fn queued_requests_run_as_one_batch_with_the_same_outputs() {
             assert!(ulps <= 4, "request {id}: {g} vs {w} ({ulps} ulps apart)");
         }
     }
+}
+
+/// Six voice streams for Silero VAD: the sample chunk and state, then five others (the chunk
+/// shifted and scaled, the state scaled and alternately sign-flipped), so that rows mixed up
+/// between streams would change the answers.
+fn streams() -> Vec<[HostTensor; 2]> {
+    let audio = npy("models/silero-vad/1/sample/input.npy", "input")
+        .as_f32()
+        .unwrap();
+    let state = npy("models/silero-vad/1/sample/state.npy", "state")
+        .as_f32()
+        .unwrap();
+    (0..6)
+        .map(|s| {
+            let a: Vec<f32> = (0..audio.len())
+                .map(|i| audio[(i + 37 * s) % audio.len()] * (1.0 - s as f32 * 0.12))
+                .collect();
+            // Stream 0 is the sample itself; the others carry a scaled, alternately flipped state.
+            let scale = match s {
+                0 => 1.0,
+                s if s % 2 == 0 => s as f32 * 0.2,
+                s => -(s as f32) * 0.2,
+            };
+            let st: Vec<f32> = state.iter().map(|v| v * scale).collect();
+            [
+                HostTensor::from_f32("input", &[1, 576], &a),
+                HostTensor::from_f32("state", &[2, 1, 128], &st),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn voice_streams_batch_along_their_state_axis_with_the_same_outputs() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let streams = streams();
+
+    // Alone: one at a time (the model's single-row plan, where it has one).
+    let mut raw = Raw::ready(server.addr);
+    let mut alone = Vec::new();
+    for (i, inputs) in streams.iter().enumerate() {
+        raw.infer(i as u32, "silero-vad", inputs);
+        alone.push(results(&mut raw, 1).remove(0).1);
+    }
+    let before = server.handle.scheduler_stats();
+
+    // Batched: queued behind a busy worker, then one execution of 6 rows, the states stacked on
+    // axis 1 ([2, 6, 128]) and the next states split back from it.
+    let mut blocker = occupy_worker(&server);
+    for (i, inputs) in streams.iter().enumerate() {
+        raw.infer(100 + i as u32, "silero-vad", inputs);
+    }
+    eventually("the requests never queued", || server.handle.queued() >= 6);
+    release(&mut blocker);
+    let batched = results(&mut raw, 6);
+    let after = server.handle.scheduler_stats();
+    assert_eq!(
+        after.executions - before.executions,
+        2,
+        "the blocker, then one for all six"
+    );
+    assert_eq!(after.batches - before.batches, 1);
+
+    let mut probabilities = Vec::new();
+    for ((id, outputs), single) in batched.iter().zip(&alone) {
+        assert_eq!(
+            outputs[0].shape,
+            vec![1, 1],
+            "request {id}: its own probability"
+        );
+        assert_eq!(
+            outputs[1].shape,
+            vec![2, 1, 128],
+            "request {id}: its own next state"
+        );
+        for (o, name) in [(0, "probability"), (1, "next state")] {
+            let (got, want) = (outputs[o].as_f32().unwrap(), single[o].as_f32().unwrap());
+            for (g, w) in got.iter().zip(&want) {
+                // Two plans (N symbolic, N = 1) may pick different kernels: last bits only.
+                assert!((g - w).abs() <= 1e-5, "request {id}, {name}: {g} vs {w}");
+            }
+        }
+        probabilities.push(outputs[0].as_f32().unwrap()[0]);
+    }
+    // The streams really differ, so a row answered for another stream would have been caught.
+    probabilities.sort_by(f32::total_cmp);
+    probabilities.dedup_by(|a, b| (*a - *b).abs() < 1e-4);
+    assert!(
+        probabilities.len() >= 4,
+        "streams too alike: {probabilities:?}"
+    );
+
+    // The sample stream, batched, still matches onnxruntime's reference.
+    let reference = npy("models/silero-vad/1/reference/output.npy", "output")
+        .as_f32()
+        .unwrap();
+    let first = batched[0].1[0].as_f32().unwrap();
+    assert!(
+        (first[0] - reference[0]).abs() <= 1e-4,
+        "{first:?} vs {reference:?}"
+    );
 }
 
 #[test]

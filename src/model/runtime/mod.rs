@@ -20,11 +20,14 @@ use tract_onnx::tract_hir::internal::multithread;
 
 use super::{DimSpec, IoSpec};
 use crate::tensor::HostTensor;
+pub use single_row::Race;
+use single_row::SingleRow;
 
 mod depthwise;
 mod quantize;
 mod quantize_linear;
 mod select;
+mod single_row;
 mod traps;
 mod weights;
 mod zero_points;
@@ -45,6 +48,8 @@ pub struct Runtime {
     /// tract's intra-op pool for this model (`threads` > 1 in its `serving.toml`); `None`: every
     /// execution stays on the worker thread that runs it.
     executor: Option<multithread::Executor>,
+    /// A plan for requests of one row, for a batching model where it pays ([`single_row`]).
+    single: Option<SingleRow>,
 }
 
 /// A run that failed inside the engine (the request was valid for the model's declared facts).
@@ -243,15 +248,7 @@ impl Prepared {
     /// A message if tract cannot optimise or plan the graph.
     pub fn into_runtime(self) -> Result<Runtime, String> {
         let weight_bytes = weight_bytes(&self.model);
-        let typed = if self.from_cache {
-            let mut typed = self.model;
-            typed.optimize().map_err(|e| format!("{e:#}"))?;
-            typed
-        } else {
-            self.model.into_optimized().map_err(|e| format!("{e:#}"))?
-        };
-        let typed = quantize_linear::swap_in(typed).map_err(|e| format!("{e:#}"))?;
-        let typed = select::swap_in(typed).map_err(|e| format!("{e:#}"))?;
+        let typed = optimized(self.model, self.from_cache)?;
         let mut inputs = Vec::new();
         for (ix, outlet) in typed
             .input_outlets()
@@ -275,8 +272,24 @@ impl Prepared {
             weight_bytes,
             repairs: self.repairs,
             executor: None,
+            single: None,
         })
     }
+}
+
+/// Optimises a decluttered graph for this CPU (codegen alone for one read from the cache, which was
+/// decluttered before it was written; declutter and codegen otherwise), with inferd's own operator
+/// swaps.
+fn optimized(model: TypedModel, from_cache: bool) -> Result<TypedModel, String> {
+    let typed = if from_cache {
+        let mut typed = model;
+        typed.optimize().map_err(|e| format!("{e:#}"))?;
+        typed
+    } else {
+        model.into_optimized().map_err(|e| format!("{e:#}"))?
+    };
+    let typed = quantize_linear::swap_in(typed).map_err(|e| format!("{e:#}"))?;
+    select::swap_in(typed).map_err(|e| format!("{e:#}"))
 }
 
 /// Bytes of the model's constant tensors (its weights) before optimisation: what the memory budget
@@ -333,9 +346,14 @@ impl Runtime {
         &self.repairs
     }
 
-    /// Bytes of the model's weights (see the memory budget).
+    /// Bytes of the model's weights (see the memory budget), once per plan: a single-row plan holds
+    /// its own optimised copy.
     pub fn weight_bytes(&self) -> u64 {
-        self.weight_bytes
+        if self.single.is_some() {
+            self.weight_bytes.saturating_mul(2)
+        } else {
+            self.weight_bytes
+        }
     }
 
     /// Declared inputs, in the model's order.
@@ -394,18 +412,51 @@ impl Runtime {
         &self.outputs
     }
 
+    /// Gives requests of one row a plan of their own, with the batch `symbol` bound to 1
+    /// ([`single_row`]), built from `prepared` (the graph this runtime was optimised from). With
+    /// `keep` unset the plan is kept only if, raced against the batch plan on `probe` (the warm-up
+    /// inputs), it is at least 1.25× faster; `Some(true)` keeps it regardless. Returns the race, if
+    /// one was run, and whether the plan is now used.
+    ///
+    /// # Errors
+    /// A message if the plan cannot be built or a race run fails.
+    pub fn plan_single_rows(
+        &mut self,
+        prepared: Prepared,
+        symbol: &str,
+        probe: &[HostTensor],
+        keep: Option<bool>,
+    ) -> Result<(Option<Race>, bool), String> {
+        let single = SingleRow::build(prepared, symbol)?;
+        let race = if single.fits(probe) {
+            Some(single.race(&self.plan, probe).map_err(|e| e.0)?)
+        } else {
+            None
+        };
+        let kept = keep.unwrap_or_else(|| race.is_some_and(|r| r.pays()));
+        self.single = kept.then_some(single);
+        Ok((race, kept))
+    }
+
+    /// Whether requests of one row run a plan of their own ([`Runtime::plan_single_rows`]).
+    pub fn has_single_row_plan(&self) -> bool {
+        self.single.is_some()
+    }
+
     /// Runs the model. `inputs` must already be validated and in the model's input order
     /// (see `validate`): dtypes match and byte lengths match shapes.
     ///
     /// # Errors
     /// [`RunError`] if tract fails (e.g. a shape the graph cannot take despite matching the facts).
     pub fn run(&self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, RunError> {
+        let plan = match &self.single {
+            Some(single) if single.fits(&inputs) => &single.plan,
+            _ => &self.plan,
+        };
         let values = to_values(inputs)?;
         let results = match &self.executor {
-            Some(pool) => {
-                multithread::multithread_tract_scope(pool.clone(), || self.plan.run(values))
-            }
-            None => self.plan.run(values),
+            Some(pool) => multithread::multithread_tract_scope(pool.clone(), || plan.run(values)),
+            None => plan.run(values),
         }
         .map_err(|e| RunError(format!("{e:#}")))?;
         results
