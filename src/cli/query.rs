@@ -65,7 +65,7 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
         status["repository"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>6} {:>11} {:>8}  reason",
+        "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>6} {:>8} {:>11} {:>8}  reason",
         "model",
         "version",
         "state",
@@ -73,6 +73,7 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
         "pinned",
         "load ms",
         "cache",
+        "batching",
         "weights MiB",
         "RSS MiB"
     );
@@ -94,7 +95,7 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
             }
         };
         println!(
-            "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>6} {:>11} {:>8}  {}",
+            "{:<24} {:>7} {:<8} {:>7} {:>6} {:>9} {:>6} {:>8} {:>11} {:>8}  {}",
             v["name"].as_str().unwrap_or("?"),
             v["version"].as_u64().unwrap_or(0),
             v["state"].as_str().unwrap_or("?"),
@@ -102,6 +103,7 @@ fn repository_status(addr: SocketAddr, json: bool, timeout: Duration) -> anyhow:
             yes("pinned"),
             num("load_ms", 1.0),
             v["cache"].as_str().unwrap_or("-"),
+            v["batching"].as_str().unwrap_or("-"),
             num("weights_bytes", 1024.0 * 1024.0),
             num("resident_bytes", 1024.0 * 1024.0),
             v["reason"].as_str().unwrap_or("")

@@ -90,6 +90,9 @@ pub struct VersionStatus {
     pub resident_bytes: Option<u64>,
     /// Bytes of its weights, what the memory budget counts, when serving.
     pub weights_bytes: Option<u64>,
+    /// How it batches, when serving: `no` (one request per execution), `yes`, or `yes+row` (and
+    /// requests of one row run a plan of their own, `runtime::single_row`).
+    pub batching: Option<&'static str>,
     /// Whether the model stays resident (`pinned = true`, the default) or is loaded on demand.
     pub pinned: bool,
     /// Where its prepared graph came from, when serving with a cache: `hit` (the cache), `miss`
@@ -274,6 +277,13 @@ impl Repository {
                         .map(|d| d.as_secs_f64() * 1e3),
                     resident_bytes: figures.map(|f| f.resident_bytes),
                     weights_bytes: served.as_ref().map(|m| m.runtime.weight_bytes()),
+                    batching: served.as_ref().map(|m| {
+                        match (m.batch.is_some(), m.runtime.has_single_row_plan()) {
+                            (false, _) => "no",
+                            (true, false) => "yes",
+                            (true, true) => "yes+row",
+                        }
+                    }),
                     pinned: !book.unpinned.contains(name),
                     cache: figures.and_then(|f| f.cache).map(Lookup::label),
                 }

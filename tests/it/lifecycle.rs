@@ -296,6 +296,12 @@ fn the_folder_watch_serves_a_dropped_in_version_and_inferd_models_shows_why() {
     assert_eq!(versions[1]["state"], "serving");
     assert_eq!(versions[1]["default"], true);
     assert!(versions[1]["load_ms"].as_f64().unwrap() > 0.0);
+    // digits batches (whether its single rows get a plan of their own is measured at load).
+    assert!(
+        versions[1]["batching"].as_str().unwrap().starts_with("yes"),
+        "{body}"
+    );
+    assert!(versions[0]["batching"].is_null(), "{body}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferd"))
         .args([
