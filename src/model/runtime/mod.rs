@@ -438,6 +438,14 @@ impl Runtime {
         Ok((race, kept))
     }
 
+    /// The plan that runs `inputs`: the single-row plan if there is one and they fit it.
+    fn plan_for(&self, inputs: &[HostTensor]) -> &Arc<TypedSimplePlan> {
+        match &self.single {
+            Some(single) if single.fits(inputs) => &single.plan,
+            _ => &self.plan,
+        }
+    }
+
     /// Whether requests of one row run a plan of their own ([`Runtime::plan_single_rows`]).
     pub fn has_single_row_plan(&self) -> bool {
         self.single.is_some()
@@ -449,10 +457,7 @@ impl Runtime {
     /// # Errors
     /// [`RunError`] if tract fails (e.g. a shape the graph cannot take despite matching the facts).
     pub fn run(&self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, RunError> {
-        let plan = match &self.single {
-            Some(single) if single.fits(&inputs) => &single.plan,
-            _ => &self.plan,
-        };
+        let plan = self.plan_for(&inputs);
         let values = to_values(inputs)?;
         let results = match &self.executor {
             Some(pool) => multithread::multithread_tract_scope(pool.clone(), || plan.run(values)),
@@ -494,7 +499,7 @@ impl Runtime {
     pub fn profile(&self, inputs: &[HostTensor], runs: u32) -> Result<Vec<NodeTime>, RunError> {
         let err = |e: tract_onnx::prelude::TractError| RunError(format!("{e:#}"));
         let mut totals: Vec<Option<NodeTime>> = Vec::new();
-        let mut state = self.plan.spawn().map_err(err)?;
+        let mut state = self.plan_for(inputs).spawn().map_err(err)?;
         for _ in 0..runs {
             let values = to_values(inputs.to_vec())?;
             state
