@@ -1,6 +1,7 @@
 //! inferd against its own ceiling, in one run: tract on the same model with the same number of worker
-//! threads and no network (the in-process ceiling), then inferd over loopback at saturation and at
-//! 50 % of it (open loop, latency from the intended send time). For a model that batches, also the
+//! threads and no network (the in-process ceiling) and inferd over loopback at saturation, in three
+//! alternating rounds (the median ratio is printed), then inferd at 50 % of that saturation (open
+//! loop, latency from the intended send time). For a model that batches, also the
 //! batched ceiling: tract running 32-row batches of the sample, in rows per second, which a batching
 //! daemon's saturation is measured against as well (it can pass the one-request-per-run ceiling).
 //!
@@ -40,6 +41,8 @@ mod common;
 use common::{copy_dir, InProcess};
 
 const WORKERS: usize = 2;
+/// Rounds of ceiling and saturation, alternating (the ratio printed is their median).
+const ROUNDS: usize = 3;
 /// Rows per run of the batched ceiling: the daemon's default `--max-batch`.
 const BATCH_ROWS: usize = 32;
 
@@ -310,7 +313,21 @@ fn compare(
     ceiling_cpus: Option<&'static [usize]>,
 ) {
     let inputs = sample(&root.join("models").join(model).join("1"));
-    let (ceiling_rps, ceiling_p50) = ceiling(registry, model, &inputs, 3.0, workers, ceiling_cpus);
+    // Ceiling and saturation alternate, ROUNDS times each, and the ratio is the median of the
+    // rounds' ratios: this machine's speed drifts within a minute by more than the gaps measured,
+    // and measuring one side first would hand that drift to one of them.
+    let mut rounds: Vec<(f64, Duration, Report)> = (0..ROUNDS)
+        .map(|_| {
+            let (rps, p50) = ceiling(registry, model, &inputs, 2.0, workers, ceiling_cpus);
+            (rps, p50, load(addr, model, &inputs, None, 3.0))
+        })
+        .collect();
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .map(|(c, _, s)| s.throughput_rps / c)
+        .collect();
+    rounds.sort_by(|a, b| (a.2.throughput_rps / a.0).total_cmp(&(b.2.throughput_rps / b.0)));
+    let (ceiling_rps, ceiling_p50, sat) = rounds.swap_remove(ROUNDS / 2);
     // What tract does with whole batches: the bound for a batching daemon, whose saturation can
     // pass the one-request-per-run ceiling above.
     let batched = registry
@@ -325,14 +342,18 @@ fn compare(
             let (runs, _) = ceiling(registry, model, &stacked, 3.0, workers, ceiling_cpus);
             runs * BATCH_ROWS as f64
         });
-    let sat = load(addr, model, &inputs, None, 5.0);
     let half = load(addr, model, &inputs, Some(sat.throughput_rps * 0.5), 5.0);
     let errors: u64 = sat.errors.values().chain(half.errors.values()).sum();
     println!(
-        "{model}: ceiling {ceiling_rps:.0} req/s (p50 {:.3} ms) | inferd saturation {:.0} req/s = {:.2}x ceiling | at 50% ({:.0} req/s) p50 {:.3} ms p99 {:.3} ms (generator lag p99 {:.3} ms); p99 - ceiling p50 = {:.0} us | errors {errors}",
+        "{model}: ceiling {ceiling_rps:.0} req/s (p50 {:.3} ms) | inferd saturation {:.0} req/s = {:.2}x ceiling (median of {ROUNDS} alternating rounds: {}) | at 50% ({:.0} req/s) p50 {:.3} ms p99 {:.3} ms (generator lag p99 {:.3} ms); p99 - ceiling p50 = {:.0} us | errors {errors}",
         ceiling_p50.as_secs_f64() * 1e3,
         sat.throughput_rps,
         sat.throughput_rps / ceiling_rps,
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", "),
         sat.throughput_rps * 0.5,
         half.p50_us as f64 / 1e3,
         half.p99_us as f64 / 1e3,

@@ -496,11 +496,12 @@ const IO_POLICY_EVERY: Duration = Duration::from_secs(1);
 /// models ([`io_policy::wanted`]); logged when it changes, and the `first` time.
 fn decide_io_policy(ctx: &Ctx, first: bool) {
     let snapshot = ctx.models.snapshot();
-    // The longest bound and whose it is; a model not measured yet counts as long.
+    // The longest run bound (per request for a model that batches, `io_policy::judged_run`) and
+    // whose it is; a model not measured yet counts as long.
     let mut longest: Option<Duration> = Some(Duration::ZERO);
     let mut which = String::new();
     for m in snapshot.all() {
-        let bound = m.service.execution_bound();
+        let bound = io_policy::judged_run(&m.service, m.batch.is_some());
         let longer = match (bound, longest) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -521,7 +522,7 @@ fn decide_io_policy(ctx: &Ctx, first: bool) {
         let longest = if which.is_empty() {
             "no model served".to_owned()
         } else {
-            format!("the longest run is {which}'s, {run}")
+            format!("the longest run (per request for a model that batches) is {which}'s, {run}")
         };
         match every {
             Some(every) if batch => log::info!(

@@ -116,10 +116,16 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
 
 const SCHED_BATCH: u32 = 3;
 
-/// Polls `pid`'s threads until `names` are all at `policy` (up to 5 s); the last reading.
+/// Polls `pid`'s threads until `names` are all at `policy` (up to 5 s); the last reading. Each name
+/// must be one thread's: a thread just spawned carries its parent's name (`inferd`) until it has run
+/// far enough to set its own, which on a busy machine can be after the daemon logged that it listens.
 fn until_policy(pid: u32, names: &[&str], policy: u32) -> BTreeMap<String, Vec<(u32, i32)>> {
-    let at = |threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str| {
-        threads.get(name).and_then(|t| t.first()).map(|t| t.0)
+    let at = |threads: &BTreeMap<String, Vec<(u32, i32)>>, name: &str| match threads
+        .get(name)
+        .map(Vec::as_slice)
+    {
+        Some([only]) => Some(only.0),
+        _ => None,
     };
     let mut threads = threads_of(pid);
     for _ in 0..500 {
