@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use inferd::proto::ErrorCode;
+use inferd::scheduler::SchedulerStats;
 use inferd::tensor::HostTensor;
 
 use crate::errors::{occupy_worker, release};
@@ -25,8 +26,11 @@ fn variants() -> Vec<HostTensor> {
         .collect()
 }
 
-fn results(raw: &mut Raw, n: usize) -> Vec<(u32, Vec<HostTensor>)> {
-    let mut got: Vec<(u32, Vec<HostTensor>)> = (0..n)
+/// Answers by request id: each request's outputs.
+type Answers = Vec<(u32, Vec<HostTensor>)>;
+
+fn results(raw: &mut Raw, n: usize) -> Answers {
+    let mut got: Answers = (0..n)
         .map(|_| match raw.recv() {
             Some(Got::Result { id, outputs }) => (id, outputs),
             other => panic!("expected a result, got {other:?}"),
@@ -36,29 +40,40 @@ fn results(raw: &mut Raw, n: usize) -> Vec<(u32, Vec<HostTensor>)> {
     got
 }
 
-#[test]
-fn queued_requests_run_as_one_batch_with_the_same_outputs() {
-    let server = TestServer::with(|c| c.workers = 1);
-    let inputs = variants();
-
-    // Unbatched: one at a time, nothing else queued.
+/// Sends each of `requests` alone, waiting for its answer, then all of them again queued behind a
+/// busy worker, so that they run as a batch once it is released. Returns the lone answers, the
+/// queued ones (by id, in the same order), and the scheduler's counts before the queued part (the
+/// blocker's execution is counted in the after - before differences).
+fn alone_then_queued(
+    server: &TestServer,
+    model: &str,
+    requests: &[Vec<HostTensor>],
+) -> (Vec<Vec<HostTensor>>, Answers, SchedulerStats) {
     let mut raw = Raw::ready(server.addr);
     let mut alone = Vec::new();
-    for (i, x) in inputs.iter().enumerate() {
-        raw.infer(i as u32, "digits-mlp", std::slice::from_ref(x));
+    for (i, inputs) in requests.iter().enumerate() {
+        raw.infer(i as u32, model, inputs);
         alone.push(results(&mut raw, 1).remove(0).1);
     }
     let before = server.handle.scheduler_stats();
-    assert_eq!(before.batches, 0);
-
-    // Batched: the same eight queue behind a busy worker, then run together.
-    let mut blocker = occupy_worker(&server);
-    for (i, x) in inputs.iter().enumerate() {
-        raw.infer(100 + i as u32, "digits-mlp", std::slice::from_ref(x));
+    let mut blocker = occupy_worker(server);
+    for (i, inputs) in requests.iter().enumerate() {
+        raw.infer(100 + i as u32, model, inputs);
     }
-    eventually("the requests never queued", || server.handle.queued() >= 8);
+    eventually("the requests never queued", || {
+        server.handle.queued() >= requests.len()
+    });
     release(&mut blocker);
-    let batched = results(&mut raw, 8);
+    (alone, results(&mut raw, requests.len()), before)
+}
+
+#[test]
+fn queued_requests_run_as_one_batch_with_the_same_outputs() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let requests: Vec<Vec<HostTensor>> = variants().into_iter().map(|x| vec![x]).collect();
+    // Alone: one at a time, nothing else queued; then the same eight queued, run together.
+    let (alone, batched, before) = alone_then_queued(&server, "digits-mlp", &requests);
+    assert_eq!(before.batches, 0);
     let after = server.handle.scheduler_stats();
     assert_eq!(
         after.executions - before.executions,
@@ -84,7 +99,7 @@ fn queued_requests_run_as_one_batch_with_the_same_outputs() {
 /// Six voice streams for Silero VAD: the sample chunk and state, then five others (the chunk
 /// shifted and scaled, the state scaled and alternately sign-flipped), so that rows mixed up
 /// between streams would change the answers.
-fn streams() -> Vec<[HostTensor; 2]> {
+fn streams() -> Vec<Vec<HostTensor>> {
     let audio = npy("models/silero-vad/1/sample/input.npy", "input")
         .as_f32()
         .unwrap();
@@ -103,7 +118,7 @@ fn streams() -> Vec<[HostTensor; 2]> {
                 s => -(s as f32) * 0.2,
             };
             let st: Vec<f32> = state.iter().map(|v| v * scale).collect();
-            [
+            vec![
                 HostTensor::from_f32("input", &[1, 576], &a),
                 HostTensor::from_f32("state", &[2, 1, 128], &st),
             ]
@@ -116,24 +131,9 @@ fn voice_streams_batch_along_their_state_axis_with_the_same_outputs() {
     let server = TestServer::with(|c| c.workers = 1);
     let streams = streams();
 
-    // Alone: one at a time (the model's single-row plan, where it has one).
-    let mut raw = Raw::ready(server.addr);
-    let mut alone = Vec::new();
-    for (i, inputs) in streams.iter().enumerate() {
-        raw.infer(i as u32, "silero-vad", inputs);
-        alone.push(results(&mut raw, 1).remove(0).1);
-    }
-    let before = server.handle.scheduler_stats();
-
-    // Batched: queued behind a busy worker, then one execution of 6 rows, the states stacked on
-    // axis 1 ([2, 6, 128]) and the next states split back from it.
-    let mut blocker = occupy_worker(&server);
-    for (i, inputs) in streams.iter().enumerate() {
-        raw.infer(100 + i as u32, "silero-vad", inputs);
-    }
-    eventually("the requests never queued", || server.handle.queued() >= 6);
-    release(&mut blocker);
-    let batched = results(&mut raw, 6);
+    // Alone: one at a time (the model's single-row plan, where it has one); then queued, one
+    // execution of 6 rows, the states stacked on axis 1 ([2, 6, 128]) and the next ones split back.
+    let (alone, batched, before) = alone_then_queued(&server, "silero-vad", &streams);
     let after = server.handle.scheduler_stats();
     assert_eq!(
         after.executions - before.executions,
