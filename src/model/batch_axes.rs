@@ -7,6 +7,7 @@
 //! holds that symbol exactly once, as a whole dimension (an output of `2*N` rows cannot be split).
 
 use super::{DimSpec, IoSpec};
+use crate::tensor::HostTensor;
 
 /// The batch axis of every input and output, in the model's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,17 @@ impl BatchAxes {
                 .collect::<Result<_, _>>()?,
             symbol,
         })
+    }
+}
+
+impl BatchAxes {
+    /// Rows in one request's inputs (or a stacked batch's), in the model's order: the first input's
+    /// size along its batch axis.
+    pub fn rows(&self, inputs: &[HostTensor]) -> u64 {
+        match (inputs.first(), self.inputs.first()) {
+            (Some(t), Some(&axis)) => t.shape.get(axis).copied().unwrap_or(1),
+            _ => 1,
+        }
     }
 }
 

@@ -111,16 +111,7 @@ pub fn load_version(
         _ => 0,
     };
     let service = steady.map_or_else(ServiceTime::default, |took| {
-        let rows = batch
-            .as_ref()
-            .and_then(|b| {
-                warmup_inputs
-                    .first()?
-                    .shape
-                    .get(*b.inputs.first()?)
-                    .copied()
-            })
-            .unwrap_or(1);
+        let rows = batch.as_ref().map_or(1, |b| b.rows(&warmup_inputs));
         ServiceTime::seeded(rows, took)
     });
     let served = ServedModel {

@@ -589,10 +589,7 @@ fn batch_shape(job: &Job) -> (u64, Vec<u64>) {
 /// Rows of one request (or stacked batch) of `model`: its first input's size along the batch axis;
 /// 1 for a model that does not batch.
 fn rows(model: &ServedModel, inputs: &[HostTensor]) -> u64 {
-    match (&model.batch, inputs.first()) {
-        (Some(axes), Some(first)) => batch::rows(first, axes.inputs.first().copied().unwrap_or(0)),
-        _ => 1,
-    }
+    model.batch.as_ref().map_or(1, |axes| axes.rows(inputs))
 }
 
 /// A worker: take the next batch, answer the dead, run the live, until shut down and drained.
