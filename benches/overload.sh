@@ -56,3 +56,5 @@ print(f"  refusal p99 / max {d.get('overloaded_p99_us')} / {d.get('overloaded_ma
       f"answers after their deadline {d.get('ok_after_deadline')}; generator lag p99 {d.get('send_lag_p99_us')} us")
 print(f"  daemon RSS {rss0} -> {rss1} kB; answers a ping afterwards: {up}")
 PY
+# What io_preempt = auto chose last (the policy decides how long a frame may wait unread).
+grep -oE "I/O threads (now )?at [^:]*" "$work/log" | tail -n 1 | sed 's/^/  /' || true

@@ -89,10 +89,10 @@ pub struct ServeArgs {
     /// CPU, at some cost in throughput; 0 runs them at the process's priority. [default: 0]
     #[arg(long, env = "INFERD_WORKER_NICE")]
     pub worker_nice: Option<i32>,
-    /// A worker that has run this long without blocking, with more work queued, yields the CPU once,
-    /// so that an I/O thread sharing it admits or refuses what arrived meanwhile; 0 never yields
-    /// (a little more throughput for fast models, refusals that wait up to a time slice).
-    /// [default: 500]
+    /// A worker that has run this long without blocking yields the CPU once, so that an I/O thread
+    /// sharing it admits or refuses what arrived meanwhile: between jobs when more work is queued,
+    /// and between two operators of a long execution; 0 never yields (a little more throughput,
+    /// refusals that wait up to a time slice). [default: 500]
     #[arg(long, env = "INFERD_WORKER_YIELD_US")]
     pub worker_yield_us: Option<u64>,
     /// Threads doing network I/O (never inference). [default: 1]
@@ -103,8 +103,8 @@ pub struct ServeArgs {
     /// threads at SCHED_BATCH: on a CPU shared with a worker they run when it blocks, yields
     /// (`worker_yield_us`) or ends its time slice, and then handle every frame and answer that is
     /// ready in one turn: much more throughput for models of tens of microseconds, but frames wait
-    /// behind a long model run. auto: SCHED_BATCH while every served model runs within
-    /// `worker_yield_us`, the normal policy otherwise. [default: auto]
+    /// behind a long model run. auto: SCHED_BATCH while every served model runs, or runs each
+    /// operator, within `worker_yield_us`, the normal policy otherwise. [default: auto]
     #[arg(long, env = "INFERD_IO_PREEMPT")]
     pub io_preempt: Option<IoPreempt>,
     /// Open connections at most; one more is answered OVERLOADED and closed. [default: 256]
@@ -298,8 +298,8 @@ pub enum IoPreempt {
     Always,
     /// `SCHED_BATCH`: I/O runs when inference blocks, yields or ends its slice.
     Never,
-    /// `SCHED_BATCH` while every served model's runs fit in `worker_yield_us`, else the normal
-    /// policy (`server::io_policy`).
+    /// `SCHED_BATCH` while every served model's runs (or each of their operators, where a worker
+    /// yields between two) fit in `worker_yield_us`, else the normal policy (`server::io_policy`).
     Auto,
 }
 

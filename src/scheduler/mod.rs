@@ -23,6 +23,7 @@
 pub mod batch;
 pub mod policy;
 mod service;
+mod slice;
 
 pub use service::{retry_after, ServiceTime};
 
@@ -252,10 +253,10 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts `workers` threads, `nice` steps below the process ([`crate::priority`]), behind queues
     /// holding at most `capacity` jobs in all, batching up to `max_batch` rows (1: no batching). A
-    /// worker that has run for `yield_every` without blocking, with work queued, yields the CPU once
-    /// before its next job: what an admission or refusal waits at most, beyond one execution, for
-    /// an I/O thread sharing the CPU (yielding after every execution made refusals fast but cost
-    /// 30–40 % of a fast model's throughput).
+    /// worker that has run for `yield_every` without blocking yields the CPU once: before its next
+    /// job when work is queued, and between two operators of a long execution ([`slice`]). That
+    /// bounds what an admission or refusal waits for an I/O thread sharing the CPU (yielding after
+    /// every execution made refusals fast but cost 30–40 % of a fast model's throughput).
     ///
     /// # Errors
     /// If a thread cannot be spawned.
@@ -597,22 +598,28 @@ fn work(shared: &Shared, me: usize) {
     let Some(busy) = shared.busy_since.get(me) else {
         return;
     };
-    // Since when this worker has run without blocking or yielding: set as it starts the first job
-    // after a wait or a yield, so the first execution counts towards the slice.
-    let mut ran_since: Option<Instant> = None;
+    let mut slice = slice::TimeSlice::new(shared.yield_every);
     while let Some(next) = next_batch(shared, me) {
         let started = Instant::now();
-        ran_since.get_or_insert(started);
+        slice.start(started);
         let since = u64::try_from(started.saturating_duration_since(shared.epoch).as_nanos())
             .unwrap_or(u64::MAX - 1);
         busy.store(since + 1, Ordering::Relaxed);
         let (model, batch, dead, running) = match next {
             Next::Work(taken) => taken,
             Next::Warm(warm) => {
-                let inputs = warm.model.warmup_inputs.clone();
-                let result = catch_unwind(AssertUnwindSafe(|| warm.model.runtime.run(inputs)))
-                    .map_err(|_| "the model panicked".to_owned())
-                    .and_then(|r| r.map(drop).map_err(|e| e.to_string()));
+                let model = &warm.model;
+                let inputs = model.warmup_inputs.clone();
+                // With pause points where a request's run would have them: their longest step is
+                // then measured before the first request (`io_preempt = auto` judges by it).
+                let expected = model.service.execution_bound();
+                let result = with_pauses(model, expected, &mut slice, |pause| {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        model.runtime.run_pausing(inputs, pause)
+                    }))
+                })
+                .map_err(|_| "the model panicked".to_owned())
+                .and_then(|r| r.map(drop).map_err(|e| e.to_string()));
                 let _ = warm.done.send(result);
                 busy.store(0, Ordering::Relaxed);
                 continue;
@@ -647,7 +654,7 @@ fn work(shared: &Shared, me: usize) {
             for t in batch.iter().filter_map(|j| j.tracked.as_ref()) {
                 t.metrics().queue_wait(t.admitted().elapsed());
             }
-            run(shared, &model, batch);
+            run(shared, &model, batch, &mut slice);
         }
         let (waiting, sleepers) = {
             let mut st = shared.lock();
@@ -668,21 +675,7 @@ fn work(shared: &Shared, me: usize) {
             shared.ready.notify_one();
         }
         busy.store(0, Ordering::Relaxed);
-        if waiting == 0 {
-            // It will block for the next job, which gives the CPU away anyway.
-            ran_since = None;
-        } else if shared
-            .yield_every
-            .is_some_and(|every| ran_since.is_some_and(|t| t.elapsed() >= every))
-        {
-            // More work queued, and this worker has held the CPU for a while: let a runnable I/O
-            // thread on this CPU have it first (admit or refuse the frames that arrived, send the
-            // answers made). Without this a worker that never blocks keeps the CPU for the
-            // kernel's whole time slice, milliseconds, and refusals wait that long. With nothing
-            // else runnable it returns at once.
-            std::thread::yield_now();
-            ran_since = None;
-        }
+        slice.after_job(waiting > 0);
     }
 }
 
@@ -876,7 +869,7 @@ fn take_out(
 
 /// Runs a batch: one execution for all, or one each if the batch cannot be split (or failed, so that
 /// one bad request cannot fail the others).
-fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
+fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>, slice: &mut slice::TimeSlice) {
     let c = &shared.counters;
     if batch.len() > 1 {
         let rows: Vec<u64> = batch.iter().map(|j| rows(model, &j.inputs)).collect();
@@ -884,10 +877,7 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
         let refs: Vec<&[HostTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
         let stacked = batch::stack(&refs, axes.map_or(&[][..], |a| &a.inputs));
         c.executions.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let executed = execute(model, stacked);
-        let took = started.elapsed();
-        model.service.record(rows.iter().sum(), took);
+        let (executed, took) = timed(model, stacked, rows.iter().sum(), slice);
         if let Some(t) = batch.first().and_then(|j| j.tracked.as_ref()) {
             t.metrics().executed(batch.len(), took);
         }
@@ -913,10 +903,7 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
         let rows = rows(model, &inputs);
         c.executions.fetch_add(1, Ordering::Relaxed);
         c.computed.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let result = execute(model, inputs);
-        let took = started.elapsed();
-        model.service.record(rows, took);
+        let (result, took) = timed(model, inputs, rows, slice);
         if let Some(t) = &job.tracked {
             t.metrics().executed(1, took);
         }
@@ -924,9 +911,58 @@ fn run(shared: &Shared, model: &Arc<ServedModel>, batch: Vec<Job>) {
     }
 }
 
+/// One execution of `rows` rows, timed and recorded in the model's service time; with pause points
+/// in the worker's `slice` if it is expected to run long ([`slice`]).
+fn timed(
+    model: &ServedModel,
+    inputs: Vec<HostTensor>,
+    rows: u64,
+    slice: &mut slice::TimeSlice,
+) -> (JobResult, Duration) {
+    let service = &model.service;
+    let expected = if model.batch.is_some() {
+        let rows = u32::try_from(rows).unwrap_or(u32::MAX);
+        service.per_request().map(|per| per.saturating_mul(rows))
+    } else {
+        service.execution_bound()
+    };
+    let started = Instant::now();
+    let result = with_pauses(model, expected, slice, |pause| {
+        execute(model, inputs, pause)
+    });
+    let took = started.elapsed();
+    service.record(rows, took);
+    (result, took)
+}
+
+/// Calls `run` with the worker's pause points if an execution of `model` expected to take `expected`
+/// should have them ([`slice`]), and records its longest step.
+fn with_pauses<R>(
+    model: &ServedModel,
+    expected: Option<Duration>,
+    slice: &mut slice::TimeSlice,
+    run: impl FnOnce(Option<&mut dyn FnMut()>) -> R,
+) -> R {
+    if !slice.pauses(expected) {
+        return run(None);
+    }
+    slice.begin_execution();
+    let result = run(Some(&mut || slice.pause_point()));
+    if let Some(step) = slice.end_execution() {
+        model.service.record_step(step);
+    }
+    result
+}
+
 /// One model execution, with a panic in the model turned into an error for these requests only.
-fn execute(model: &ServedModel, inputs: Vec<HostTensor>) -> JobResult {
-    match catch_unwind(AssertUnwindSafe(|| model.runtime.run(inputs))) {
+fn execute(
+    model: &ServedModel,
+    inputs: Vec<HostTensor>,
+    pause: Option<&mut dyn FnMut()>,
+) -> JobResult {
+    match catch_unwind(AssertUnwindSafe(|| {
+        model.runtime.run_pausing(inputs, pause)
+    })) {
         Ok(Ok(outputs)) => Ok(outputs),
         Ok(Err(e)) => {
             log::warn!("{} v{} failed: {e}", model.name, model.version);

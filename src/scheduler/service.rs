@@ -14,13 +14,61 @@ use std::time::Duration;
 /// Rows are averaged in sixteenths, so that a mean of 1.5 rows is not rounded to 1 or 2.
 const ROW_SCALE: u64 = 16;
 
+/// `old + (new - old) / 8` in integers without overflow for any `u64` pair; `new` when `old` is 0
+/// (nothing measured yet).
+fn blend(old: u64, new: u64) -> u64 {
+    if old == 0 {
+        new
+    } else {
+        old - old / 8 + new / 8
+    }
+}
+
+/// One duration's moving mean and mean deviation (RFC 6298's smoothed round trip and its variation).
+#[derive(Debug, Default)]
+struct Estimate {
+    mean_ns: AtomicU64,
+    deviation_ns: AtomicU64,
+}
+
+impl Estimate {
+    fn record(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.mean_ns.load(Ordering::Relaxed);
+        if old != 0 {
+            // Against the mean before this sample, as RFC 6298 orders the two updates.
+            let dev = self.deviation_ns.load(Ordering::Relaxed);
+            let off = ns.abs_diff(old);
+            self.deviation_ns
+                .store(dev - dev / 4 + off / 4, Ordering::Relaxed);
+        }
+        // A zero sample would read as "nothing measured"; a nanosecond is as good.
+        self.mean_ns.store(blend(old, ns).max(1), Ordering::Relaxed);
+    }
+
+    fn mean(&self) -> Option<Duration> {
+        match self.mean_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The mean plus four mean deviations (RFC 6298's retransmission timeout).
+    fn bound(&self) -> Option<Duration> {
+        let dev = self.deviation_ns.load(Ordering::Relaxed);
+        self.mean()
+            .map(|mean| mean.saturating_add(Duration::from_nanos(dev.saturating_mul(4))))
+    }
+}
+
 /// The moving averages; zero until the first execution.
 #[derive(Debug, Default)]
 pub struct ServiceTime {
-    execution_ns: AtomicU64,
-    /// Mean absolute deviation of one execution from `execution_ns`.
-    deviation_ns: AtomicU64,
+    execution: Estimate,
     rows_scaled: AtomicU64,
+    /// The longest stretch between two pause points within one execution (one operator of the
+    /// plan), for executions run with pause points ([`crate::scheduler`]'s time slice).
+    step: Estimate,
 }
 
 impl ServiceTime {
@@ -33,44 +81,33 @@ impl ServiceTime {
 
     /// Adds one execution of `rows` rows that took `took`.
     pub fn record(&self, rows: u64, took: Duration) {
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.execution.record(took);
         let rows = rows.max(1).saturating_mul(ROW_SCALE);
-        let blend = |old: u64, new: u64| {
-            if old == 0 {
-                new
-            } else {
-                // old + (new - old) / 8, in integers without overflow for any u64 pair.
-                old - old / 8 + new / 8
-            }
-        };
-        let old = self.execution_ns.load(Ordering::Relaxed);
-        if old != 0 {
-            // Against the mean before this sample, as RFC 6298 orders the two updates.
-            let dev = self.deviation_ns.load(Ordering::Relaxed);
-            let off = ns.abs_diff(old);
-            self.deviation_ns
-                .store(dev - dev / 4 + off / 4, Ordering::Relaxed);
-        }
-        self.execution_ns.store(blend(old, ns), Ordering::Relaxed);
         let old = self.rows_scaled.load(Ordering::Relaxed);
         self.rows_scaled.store(blend(old, rows), Ordering::Relaxed);
     }
 
+    /// Adds the longest step of one execution run with pause points.
+    pub fn record_step(&self, longest: Duration) {
+        self.step.record(longest);
+    }
+
+    /// How long the worker may run one operator of this model without reaching a pause point: the
+    /// mean longest step plus four deviations. `None` unless executions ran with pause points.
+    pub fn step_bound(&self) -> Option<Duration> {
+        self.step.bound()
+    }
+
     /// The mean time of one execution; `None` before any was measured.
     pub fn execution(&self) -> Option<Duration> {
-        match self.execution_ns.load(Ordering::Relaxed) {
-            0 => None,
-            ns => Some(Duration::from_nanos(ns)),
-        }
+        self.execution.mean()
     }
 
     /// How long one execution may take: the mean plus four mean deviations (RFC 6298's
     /// retransmission timeout, for the same reason: a bound that the run times seen so far rarely
     /// exceed, which tightens as they steady). `None` before any execution was measured.
     pub fn execution_bound(&self) -> Option<Duration> {
-        let dev = self.deviation_ns.load(Ordering::Relaxed);
-        self.execution()
-            .map(|mean| mean.saturating_add(Duration::from_nanos(dev.saturating_mul(4))))
+        self.execution.bound()
     }
 
     /// How long after a run starts its answer may still be on its way out: the bound on one
@@ -87,7 +124,7 @@ impl ServiceTime {
     /// The mean cost of one request (an execution's time over the rows it carried); `None` before
     /// any execution was measured.
     pub fn per_request(&self) -> Option<Duration> {
-        let ns = self.execution_ns.load(Ordering::Relaxed);
+        let ns = self.execution.mean_ns.load(Ordering::Relaxed);
         let rows = self.rows_scaled.load(Ordering::Relaxed).max(ROW_SCALE);
         (ns != 0).then(|| Duration::from_nanos(ns.saturating_mul(ROW_SCALE) / rows))
     }

@@ -19,6 +19,10 @@
 //! (closed loop, pinned, `--io-preempt false` for the comparison); a frame then waits for at most
 //! one batch, as a queued request already waits for the batches ahead of it.
 //!
+//! A model whose executions have pause points (long ones do: `scheduler::slice`) is judged at most
+//! by its longest step between two, one operator: the worker yields at those points once its slice
+//! is used up, so a frame waits for the slice and one operator, not for the whole execution.
+//!
 //! A thread can only change its own policy without affecting its own nice value, so the wanted
 //! policy is published here and each I/O thread applies it to itself ([`IoPolicy::follow`], polled
 //! by the thread's own `block_on`).
@@ -81,12 +85,18 @@ impl IoPolicy {
 }
 
 /// The run a model is judged by: the bound on one execution, or, for a model that batches, the mean
-/// cost of one request (its batches are the load's doing). `None` before any measurement.
+/// cost of one request (its batches are the load's doing); and where its executions have pause
+/// points (`scheduler::slice`), at most the bound on one step between two, since the worker yields
+/// there. `None` before any measurement.
 pub fn judged_run(service: &ServiceTime, batches: bool) -> Option<Duration> {
-    if batches {
+    let run = if batches {
         service.per_request()
     } else {
         service.execution_bound()
+    };
+    match (run, service.step_bound()) {
+        (Some(run), Some(step)) => Some(run.min(step)),
+        (run, step) => run.or(step),
     }
 }
 
@@ -143,6 +153,24 @@ mod tests {
         assert!(runs > us(1_000), "{runs:?}");
         assert!(!wanted(Some(runs), Some(us(500)), true));
         assert_eq!(judged_run(&ServiceTime::default(), true), None);
+    }
+
+    #[test]
+    fn a_long_run_with_pause_points_is_judged_by_its_longest_step() {
+        let us = Duration::from_micros;
+        // ppocr-cls: 1.5 ms runs, whose operators take at most ~0.2 ms.
+        let service = ServiceTime::seeded(1, us(1_500));
+        assert!(!wanted(judged_run(&service, false), Some(us(500)), false));
+        for _ in 0..20 {
+            service.record_step(us(200));
+        }
+        let judged = judged_run(&service, false).unwrap();
+        assert!(judged < us(250), "{judged:?}");
+        assert!(wanted(Some(judged), Some(us(500)), false));
+        // A single operator longer than the interval keeps the threads preempting.
+        let slow_op = ServiceTime::seeded(1, us(3_000));
+        slow_op.record_step(us(2_500));
+        assert!(!wanted(judged_run(&slow_op, false), Some(us(500)), false));
     }
 
     #[test]

@@ -433,6 +433,15 @@ fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(
     use inferd::proto::ErrorCode;
     let repo = scratch("budget");
     add_digits(&repo, 1); // pinned (the default)
+                          // Whether a batching model keeps a single-row plan (counted twice in the budget) is decided by
+                          // a race at load that a busy machine can tip either way: decided here, so every copy weighs
+                          // the same.
+    let one_plan = |version_dir: &Path| {
+        let manifest = version_dir.join("model.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, format!("single_row_plan = false\n{text}")).unwrap();
+    };
+    one_plan(&repo.join("digits/1"));
     let on_demand = |name: &str, from: &str| {
         copy_dir(
             &repo_root().join("models").join(from).join("1"),
@@ -442,6 +451,7 @@ fn the_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(
     };
     for name in ["a", "b", "c"] {
         on_demand(name, "digits-mlp");
+        one_plan(&repo.join(name).join("1"));
     }
     on_demand("big", "silero-vad");
     // Room for the pinned model and two of the small ones, not three, and not the big one.

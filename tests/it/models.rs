@@ -254,6 +254,24 @@ fn the_profile_times_every_node_of_the_plan() {
     assert_close(&out[0], &want, 0.0, "digits label after profiling");
 }
 
+#[test]
+fn a_run_with_pause_points_calls_them_once_per_operator_and_answers_the_same() {
+    let vdir = repo_root().join("models/ppocr-cls/1");
+    let manifest = Manifest::load(&vdir).unwrap().unwrap();
+    let runtime =
+        inferd::model::Runtime::load(&vdir.join("model.onnx"), Some(&manifest.inputs)).unwrap();
+    let inputs = inferd::npy::read_folder(&vdir.join("sample")).unwrap();
+    let operators = runtime.profile(&inputs, 1).unwrap().len();
+    let mut points = 0;
+    let paused = runtime
+        .run_pausing(inputs.clone(), Some(&mut || points += 1))
+        .unwrap();
+    // One point before each operator of the plan: where the worker may yield the CPU.
+    assert_eq!(points, operators);
+    assert!(points > 10, "{points}");
+    assert_eq!(paused, runtime.run(inputs).unwrap());
+}
+
 /// A copy of shipped model `from` as `<root>/<name>/1`, with `line` put first in its manifest.
 fn variant(root: &Path, from: &str, name: &str, line: &str) {
     let dir = root.join(name).join("1");

@@ -1,8 +1,8 @@
 //! Thread priorities of a running daemon, read from `/proc`: inference threads (workers and a
 //! model's intra-op pool) `--worker-nice` steps below the I/O thread, at the normal policy even when
 //! the pool was built by the idle-priority model watch thread during a swap; the watch thread idle;
-//! the I/O threads at `SCHED_BATCH` with `--io-preempt false`, and with `auto` while only fast
-//! models are served.
+//! the I/O threads at `SCHED_BATCH` with `--io-preempt false`, and with `auto` while no served
+//! model runs an operator longer than the worker's time slice.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -139,20 +139,36 @@ fn until_policy(pid: u32, names: &[&str], policy: u32) -> BTreeMap<String, Vec<(
 }
 
 #[test]
-fn auto_batches_io_while_models_are_fast_and_preempts_once_a_slow_one_is_served() {
+fn auto_batches_io_while_no_operator_outlasts_the_slice_and_preempts_once_one_does() {
+    let io = ["inferd", "inferd-io-1"];
+    let limit = Duration::from_secs(60);
     let (root, mut command) = digits_only("io-auto");
     // auto is the default; the poll lets the second model arrive while it runs.
     command.args(["--io-threads", "2", "--model-poll-ms", "100"]);
     command.args(["--model-cache", "off"]);
     let (mut child, lines) = spawn_logged(command);
-    let limit = Duration::from_secs(60);
     wait_for(&lines, "listening on ", limit);
-    let io = ["inferd", "inferd-io-1"];
-    // digits-mlp runs in microseconds, within the worker's 500 µs yield interval.
+    // digits-mlp runs in microseconds, within the worker's 500 µs slice.
     let fast = until_policy(child.id(), &io, SCHED_BATCH);
-    // ppocr-cls runs for milliseconds: frames must not wait for its runs.
+    // ppocr-cls runs for milliseconds, but in operators of a fraction of one, and the worker yields
+    // between two once its slice is used up: a frame waits for the slice, not for a whole run. Two
+    // of auto's decisions later the I/O threads still do not preempt.
     copy_dir(&models_dir().join("ppocr-cls/1"), &root.join("ppocr-cls/1"));
     wait_for(&lines, "loaded ppocr-cls v1", limit);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let long_runs = until_policy(child.id(), &io, SCHED_BATCH);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The same two models with a 50 µs slice: ppocr-cls's operators outlast it, so frames would
+    // wait for them; auto's first decision preempts, and names the model.
+    let (root, mut command) = digits_only("io-auto-slice");
+    copy_dir(&models_dir().join("ppocr-cls/1"), &root.join("ppocr-cls/1"));
+    command.args(["--io-threads", "2", "--worker-yield-us", "50"]);
+    command.args(["--model-cache", "off"]);
+    let (mut child, lines) = spawn_logged(command);
+    let decided = wait_for(&lines, "I/O threads now at the normal policy", limit);
+    assert!(decided.contains("ppocr-cls"), "{decided}");
     let slow = until_policy(child.id(), &io, SCHED_OTHER);
     let _ = child.kill();
     let _ = child.wait();
@@ -165,9 +181,14 @@ fn auto_batches_io_while_models_are_fast_and_preempts_once_a_slow_one_is_served(
             "{name}, fast models only"
         );
         assert_eq!(
+            only_thread(&long_runs, name),
+            (SCHED_BATCH, nice),
+            "{name}, ppocr-cls served with a 500 µs slice"
+        );
+        assert_eq!(
             only_thread(&slow, name),
             (SCHED_OTHER, nice),
-            "{name}, ppocr-cls served"
+            "{name}, ppocr-cls served with a 50 µs slice"
         );
     }
     assert_eq!(only_thread(&slow, "inferd-worker-0"), (SCHED_OTHER, nice));

@@ -457,11 +457,37 @@ impl Runtime {
     /// # Errors
     /// [`RunError`] if tract fails (e.g. a shape the graph cannot take despite matching the facts).
     pub fn run(&self, inputs: Vec<HostTensor>) -> Result<Vec<HostTensor>, RunError> {
+        self.run_pausing(inputs, None)
+    }
+
+    /// Runs the model as [`Runtime::run`] does, calling `pause` before each operator of the plan:
+    /// the points where a long execution may give its CPU away (the scheduler's time slice). tract
+    /// evaluates operators one after another on the calling thread, so between two of them
+    /// nothing of the run is in flight; intra-op threads, where configured, work within one
+    /// operator and are idle there too.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
+    pub fn run_pausing(
+        &self,
+        inputs: Vec<HostTensor>,
+        pause: Option<&mut dyn FnMut()>,
+    ) -> Result<Vec<HostTensor>, RunError> {
         let plan = self.plan_for(&inputs);
         let values = to_values(inputs)?;
-        let results = match &self.executor {
-            Some(pool) => multithread::multithread_tract_scope(pool.clone(), || plan.run(values)),
+        let go = || match pause {
             None => plan.run(values),
+            Some(pause) => {
+                plan.spawn()?
+                    .run_plan_with_eval(values, |session, op_state, node, input| {
+                        pause();
+                        tract_onnx::tract_core::plan::eval(session, op_state, node, input)
+                    })
+            }
+        };
+        let results = match &self.executor {
+            Some(pool) => multithread::multithread_tract_scope(pool.clone(), go),
+            None => go(),
         }
         .map_err(|e| RunError(format!("{e:#}")))?;
         results
