@@ -241,6 +241,17 @@ impl Shared {
         // Every critical section leaves the state consistent (pushes and removals only).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// What a request's deadline must leave when it is started: the model's answer time
+    /// ([`ServiceTime::answer_time`]) plus one worker time slice. A deadline counts from the
+    /// frame's receipt, while the client's clock started when it sent; an I/O thread that shares
+    /// its CPU with a worker may leave a frame unread until the worker yields, up to a slice
+    /// (measured on ppocr-cls under overload, I/O at `SCHED_BATCH`: 8 answers late on the client's
+    /// clock in seven rounds without this margin, by at most 2 ms of a 50 ms deadline).
+    fn answer_time(&self, model: &ServedModel) -> Option<Duration> {
+        let slice = self.yield_every.unwrap_or_default();
+        model.service.answer_time().map(|t| t.saturating_add(slice))
+    }
 }
 
 /// The queues and their worker threads.
@@ -344,12 +355,12 @@ impl Scheduler {
             // difference between a refusal in microseconds and one after the whole deadline.
             let now = Instant::now();
             // What the worker will check before starting it (see `plan`).
-            let run = job.model.service.answer_time();
+            let run = self.shared.answer_time(&job.model);
             if !policy::worth_starting(now, job.deadline, run) {
                 self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
                 let why = match run {
                     Some(run) if now < job.deadline => format!(
-                        "the deadline is shorter than the time model {name:?} needs to answer ({} µs: its measured run time, its spread and one run more for the answer to be sent); it was not queued",
+                        "the deadline is shorter than the time model {name:?} needs to answer ({} µs: its measured run time, its spread, one run more for the answer to be sent and one worker time slice); it was not queued",
                         run.as_micros()
                     ),
                     _ => "the deadline had passed when the request was admitted".to_owned(),
@@ -724,14 +735,14 @@ fn next_batch(shared: &Shared, me: usize) -> Option<Next> {
             };
             let knobs = Arc::clone(&head.job.scheduling);
             let load = st.load(&q.model.name);
-            let take = plan(q, now, shared.max_batch);
+            let take = plan(q, now, shared);
             if !take.batch.is_empty() {
                 if knobs.workers.is_some_and(|w| load.running >= w) {
                     continue;
                 }
                 // Draining: nothing more is coming, so nothing is held.
                 let until = (!st.closed)
-                    .then(|| hold(q, &take, &knobs, load.running, now, shared.max_batch))
+                    .then(|| hold(q, &take, &knobs, load.running, now, shared))
                     .flatten();
                 if let Some(until) = until {
                     wake = Some(wake.map_or(until, |w| w.min(until)));
@@ -783,10 +794,10 @@ fn max_rows(q: &ModelQueue, default: u64) -> u64 {
 }
 
 /// The batching policy applied to a queue now.
-fn plan(q: &ModelQueue, now: Instant, default_max: u64) -> policy::Take {
+fn plan(q: &ModelQueue, now: Instant, shared: &Shared) -> policy::Take {
     // Not the mean run: a request started with only that left before its deadline is answered late
-    // about half the time (ServiceTime::answer_time).
-    let run_time = q.model.service.answer_time();
+    // about half the time (Shared::answer_time).
+    let run_time = shared.answer_time(&q.model);
     let entries: Vec<policy::Entry<'_>> = q
         .jobs
         .iter()
@@ -796,7 +807,7 @@ fn plan(q: &ModelQueue, now: Instant, default_max: u64) -> policy::Take {
             live: j.job.live(now, run_time),
         })
         .collect();
-    policy::take(&entries, max_rows(q, default_max))
+    policy::take(&entries, max_rows(q, shared.max_batch))
 }
 
 /// Until when the planned batch should wait for more requests; `None`: take it now.
@@ -806,7 +817,7 @@ fn hold(
     knobs: &Scheduling,
     others_running: usize,
     now: Instant,
-    default_max: u64,
+    shared: &Shared,
 ) -> Option<Instant> {
     if knobs.max_delay.is_zero() {
         return None;
@@ -823,10 +834,10 @@ fn hold(
         oldest,
         earliest_deadline: earliest?,
         rows,
-        max_rows: max_rows(q, default_max),
+        max_rows: max_rows(q, shared.max_batch),
         max_delay: knobs.max_delay,
         // As `plan` judges the batch live: held past this, it would be dropped as dead.
-        run_time: q.model.service.answer_time(),
+        run_time: shared.answer_time(&q.model),
         others_running,
     })
 }
