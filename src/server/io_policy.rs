@@ -10,7 +10,8 @@
 //! a frame never waits much more than that; a model that runs longer puts them back at the normal
 //! policy. Measured on one shared CPU (doc/BENCHMARKS.md, "Overload"): silero-vad (0.06 ms) served
 //! 40–50 % more at saturation at `SCHED_BATCH`, refusals within ~1 ms either way; ppocr-cls (1.5
-//! ms) refused in 1.7–2.2 ms at `SCHED_BATCH` against 1.1–1.4 ms.
+//! ms) refused in 1.7–2.2 ms at `SCHED_BATCH` against 1.1–1.4 ms (before pause points, below:
+//! now 0.66–0.79 ms at `SCHED_BATCH`).
 //!
 //! A model that batches is judged by what one request costs, not by its executions: under load its
 //! executions are batches of many requests (silero-vad: 32 rows, ~1.6 ms), which the load formed
