@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use inferd::priority::thread_scheduling;
 
+use inferd::client::{BlockingClient, ClientOptions};
+
 use crate::harness::{
-    copy_dir, models_dir, scratch, serve_command, spawn_logged, wait_for, Scratch,
+    copy_dir, eventually, listening_addr, models_dir, ppocr_input, scratch, serve_command,
+    spawn_logged, wait_for, Scratch,
 };
 
 /// Policy numbers of `sched_setscheduler(2)`.
@@ -147,14 +150,23 @@ fn auto_batches_io_while_no_operator_outlasts_the_slice_and_preempts_once_one_do
     command.args(["--io-threads", "2", "--model-poll-ms", "100"]);
     command.args(["--model-cache", "off"]);
     let (mut child, lines) = spawn_logged(command);
-    wait_for(&lines, "listening on ", limit);
+    let addr = listening_addr(&wait_for(&lines, "listening on ", limit));
     // digits-mlp runs in microseconds, within the worker's 500 µs slice.
     let fast = until_policy(child.id(), &io, SCHED_BATCH);
     // ppocr-cls runs for milliseconds, but in operators of a fraction of one, and the worker yields
     // between two once its slice is used up: a frame waits for the slice, not for a whole run. Two
-    // of auto's decisions later the I/O threads still do not preempt.
+    // of auto's decisions later the I/O threads still do not preempt. (A few requests first: the
+    // longest operator is a moving estimate, and its first samples, from the warm-up runs, may
+    // have been stretched by other tests sharing the CPUs.)
     copy_dir(&models_dir().join("ppocr-cls/1"), &root.join("ppocr-cls/1"));
     wait_for(&lines, "loaded ppocr-cls v1", limit);
+    let client = BlockingClient::connect(addr, ClientOptions::default()).unwrap();
+    let ppocr = || client.infer("ppocr-cls", None, &[ppocr_input()], None);
+    // Logged as loaded once it is warm on the workers, just before it is swapped in.
+    eventually("ppocr-cls served", || ppocr().is_ok());
+    for _ in 0..30 {
+        ppocr().unwrap();
+    }
     std::thread::sleep(Duration::from_millis(2_500));
     let long_runs = until_policy(child.id(), &io, SCHED_BATCH);
     let _ = child.kill();

@@ -293,12 +293,13 @@ fn a_request_that_could_not_finish_before_its_deadline_is_refused_and_not_run() 
 
 #[test]
 fn a_deadline_must_also_leave_the_time_slice_a_frame_may_have_waited_unread() {
-    // digits-mlp answers in microseconds: a 100 ms deadline leaves room for that, not for a 300 ms
-    // worker time slice, during which the frame may have waited unread on a shared CPU.
-    for (slice, served) in [(Some(Duration::from_millis(300)), false), (None, true)] {
+    // digits-mlp answers in microseconds (milliseconds while other tests load the machine): a 2 s
+    // deadline leaves room for that, not for a 5 s worker time slice, during which the frame may
+    // have waited unread on a shared CPU.
+    for (slice, served) in [(Some(Duration::from_secs(5)), false), (None, true)] {
         let server = TestServer::with(|c| c.worker_yield = slice);
         let mut raw = Raw::ready(server.addr);
-        raw.infer_with(1, "digits-mlp", None, Some(100), &[digits_input()]);
+        raw.infer_with(1, "digits-mlp", None, Some(2_000), &[digits_input()]);
         match raw.recv() {
             Some(Got::Result { id: 1, .. }) if served => {}
             Some(Got::Error {
