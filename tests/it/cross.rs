@@ -25,7 +25,7 @@ fn cross_built_server_serves_every_shipped_model_with_the_reference_outputs() {
         .arg(models_dir());
     let (child, lines) = spawn_logged(server);
     // Killed if a check below fails, so that no emulated server outlives the test.
-    let mut child = KillOnDrop(child);
+    let mut child = crate::harness::KillOnDrop(child);
     // Emulated, loading and warming five models takes a while.
     let limit = Duration::from_secs(300);
     let kernels = wait_for(&lines, "tract kernels: ", limit);
@@ -57,15 +57,4 @@ fn cross_built_server_serves_every_shipped_model_with_the_reference_outputs() {
     crate::models::check_every_shipped_model(addr);
     crate::harness::signal(&child.0, "-TERM");
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

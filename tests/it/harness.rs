@@ -277,6 +277,19 @@ pub fn input_arg(name: &str, path: &str) -> String {
     format!("{name}={}", repo_root().join(path).display())
 }
 
+/// A child process killed (and reaped) when dropped, so that a test that fails half-way leaves no
+/// server running, holding the test run's output open.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Spawns a server command with its stderr (the log) piped; the log lines arrive on the channel.
 pub fn spawn_logged(
     mut command: std::process::Command,

@@ -13,7 +13,7 @@ use inferd::client::{BlockingClient, ClientOptions};
 
 use crate::harness::{
     copy_dir, eventually, listening_addr, models_dir, ppocr_input, scratch, serve_command,
-    spawn_logged, wait_for, Scratch,
+    spawn_logged, wait_for, KillOnDrop, Scratch,
 };
 
 /// Policy numbers of `sched_setscheduler(2)`.
@@ -82,7 +82,8 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
             "true",
         ])
         .args(["--model-cache", "off"]);
-    let (mut child, lines) = spawn_logged(command);
+    let (child, lines) = spawn_logged(command);
+    let mut child = KillOnDrop(child);
     let limit = Duration::from_secs(60);
     wait_for(&lines, "listening on ", limit);
     // Version 2 is loaded, with its own intra-op pool, by the watch thread.
@@ -91,9 +92,9 @@ fn inference_threads_run_below_io_even_when_a_swap_builds_them() {
         &root.join("digits-mlp/2"),
     );
     wait_for(&lines, "loaded digits-mlp v2", limit);
-    let threads = threads_of(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let threads = threads_of(child.0.id());
+    let _ = child.0.kill();
+    let _ = child.0.wait();
 
     let one = |name: &str| only_thread(&threads, name);
     // With one I/O thread, the main thread runs the executor.
@@ -149,10 +150,11 @@ fn auto_batches_io_while_no_operator_outlasts_the_slice_and_preempts_once_one_do
     // auto is the default; the poll lets the second model arrive while it runs.
     command.args(["--io-threads", "2", "--model-poll-ms", "100"]);
     command.args(["--model-cache", "off"]);
-    let (mut child, lines) = spawn_logged(command);
+    let (child, lines) = spawn_logged(command);
+    let mut child = KillOnDrop(child);
     let addr = listening_addr(&wait_for(&lines, "listening on ", limit));
     // digits-mlp runs in microseconds, within the worker's 500 µs slice.
-    let fast = until_policy(child.id(), &io, SCHED_BATCH);
+    let fast = until_policy(child.0.id(), &io, SCHED_BATCH);
     // ppocr-cls runs for milliseconds, but in operators of a fraction of one, and the worker yields
     // between two once its slice is used up: a frame waits for the slice, not for a whole run. Two
     // of auto's decisions later the I/O threads still do not preempt. (A few requests first: the
@@ -168,9 +170,9 @@ fn auto_batches_io_while_no_operator_outlasts_the_slice_and_preempts_once_one_do
         ppocr().unwrap();
     }
     std::thread::sleep(Duration::from_millis(2_500));
-    let long_runs = until_policy(child.id(), &io, SCHED_BATCH);
-    let _ = child.kill();
-    let _ = child.wait();
+    let long_runs = until_policy(child.0.id(), &io, SCHED_BATCH);
+    let _ = child.0.kill();
+    let _ = child.0.wait();
 
     // The same two models with a 50 µs slice: ppocr-cls's operators outlast it, so frames would
     // wait for them; auto's first decision preempts, and names the model.
@@ -178,12 +180,13 @@ fn auto_batches_io_while_no_operator_outlasts_the_slice_and_preempts_once_one_do
     copy_dir(&models_dir().join("ppocr-cls/1"), &root.join("ppocr-cls/1"));
     command.args(["--io-threads", "2", "--worker-yield-us", "50"]);
     command.args(["--model-cache", "off"]);
-    let (mut child, lines) = spawn_logged(command);
+    let (child, lines) = spawn_logged(command);
+    let mut child = KillOnDrop(child);
     let decided = wait_for(&lines, "I/O threads now at the normal policy", limit);
     assert!(decided.contains("ppocr-cls"), "{decided}");
-    let slow = until_policy(child.id(), &io, SCHED_OTHER);
-    let _ = child.kill();
-    let _ = child.wait();
+    let slow = until_policy(child.0.id(), &io, SCHED_OTHER);
+    let _ = child.0.kill();
+    let _ = child.0.wait();
 
     let nice = only_thread(&fast, "inferd-worker-0").1;
     for name in io {
@@ -211,12 +214,13 @@ fn io_threads_run_at_batch_policy_when_they_must_not_preempt_inference() {
     let (_root, mut command) = digits_only("io-batch");
     command.args(["--io-threads", "2", "--io-preempt", "false"]);
     command.args(["--model-cache", "off"]);
-    let (mut child, lines) = spawn_logged(command);
+    let (child, lines) = spawn_logged(command);
+    let mut child = KillOnDrop(child);
     wait_for(&lines, "listening on ", Duration::from_secs(60));
     // "listening on" is logged just before the I/O threads start (the main one among them).
-    let threads = until_policy(child.id(), &["inferd", "inferd-io-1"], SCHED_BATCH);
-    let _ = child.kill();
-    let _ = child.wait();
+    let threads = until_policy(child.0.id(), &["inferd", "inferd-io-1"], SCHED_BATCH);
+    let _ = child.0.kill();
+    let _ = child.0.wait();
 
     let one = |name: &str| only_thread(&threads, name);
     // Both I/O threads (the main one and the second), at the process's nice; inference unchanged.
