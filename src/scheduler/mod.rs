@@ -623,7 +623,9 @@ fn work(shared: &Shared, me: usize) {
                 let inputs = model.warmup_inputs.clone();
                 // With pause points where a request's run would have them: their longest step is
                 // then measured before the first request (`io_preempt = auto` judges by it).
-                let expected = expected_run(model, rows(model, &inputs));
+                let expected = model
+                    .service
+                    .expected_run(model.batch.is_some(), rows(model, &inputs));
                 let result = with_pauses(model, expected, &mut slice, |pause| {
                     catch_unwind(AssertUnwindSafe(|| {
                         model.runtime.run_pausing(inputs, pause)
@@ -930,7 +932,7 @@ fn timed(
     rows: u64,
     slice: &mut slice::TimeSlice,
 ) -> (JobResult, Duration) {
-    let expected = expected_run(model, rows);
+    let expected = model.service.expected_run(model.batch.is_some(), rows);
     let started = Instant::now();
     let result = with_pauses(model, expected, slice, |pause| {
         execute(model, inputs, pause)
@@ -938,19 +940,6 @@ fn timed(
     let took = started.elapsed();
     model.service.record(rows, took);
     (result, took)
-}
-
-/// How long an execution of `rows` rows of `model` is expected to take: rows at the mean cost of
-/// one for a model that batches (its executions vary with the load), the bound on one execution
-/// otherwise.
-fn expected_run(model: &ServedModel, rows: u64) -> Option<Duration> {
-    let service = &model.service;
-    if model.batch.is_some() {
-        let rows = u32::try_from(rows).unwrap_or(u32::MAX);
-        service.per_request().map(|per| per.saturating_mul(rows))
-    } else {
-        service.execution_bound()
-    }
 }
 
 /// Calls `run` with the worker's pause points if an execution of `model` expected to take `expected`

@@ -121,6 +121,18 @@ impl ServiceTime {
         self.execution_bound().map(|b| b.saturating_add(mean))
     }
 
+    /// How long an execution of `rows` rows is expected to take: for a model that `batches`, rows
+    /// at the mean cost of one (its executions vary with the load), else the bound on one
+    /// execution. `None` before any execution was measured.
+    pub fn expected_run(&self, batches: bool, rows: u64) -> Option<Duration> {
+        if batches {
+            let rows = u32::try_from(rows).unwrap_or(u32::MAX);
+            self.per_request().map(|per| per.saturating_mul(rows))
+        } else {
+            self.execution_bound()
+        }
+    }
+
     /// The mean cost of one request (an execution's time over the rows it carried); `None` before
     /// any execution was measured.
     pub fn per_request(&self) -> Option<Duration> {

@@ -64,11 +64,7 @@ impl TimeSlice {
     /// A pause point: yields if the slice is used up.
     pub fn pause_point(&mut self) {
         let now = self.step_to(Instant::now());
-        let used_up = self
-            .every
-            .zip(self.since)
-            .is_some_and(|(every, since)| now.saturating_duration_since(since) >= every);
-        if used_up {
+        if self.used_up(now) {
             std::thread::yield_now();
             // The time given away is neither the slice's nor a step's.
             let back = Instant::now();
@@ -85,6 +81,13 @@ impl TimeSlice {
         }
         self.last_point = None;
         self.longest_step.take()
+    }
+
+    /// Whether the slice running since `since` is used up at `now`.
+    fn used_up(&self, now: Instant) -> bool {
+        self.every
+            .zip(self.since)
+            .is_some_and(|(every, since)| now.saturating_duration_since(since) >= every)
     }
 
     /// Counts the step from the last point to `now`; returns `now`.
@@ -104,10 +107,7 @@ impl TimeSlice {
             self.since = None;
             return false;
         }
-        let used_up = self
-            .every
-            .zip(self.since)
-            .is_some_and(|(every, since)| since.elapsed() >= every);
+        let used_up = self.used_up(Instant::now());
         if used_up {
             // More work queued, and this worker has held the CPU for a while: let a runnable I/O
             // thread on this CPU have it first (admit or refuse the frames that arrived, send the

@@ -90,11 +90,7 @@ impl IoPolicy {
 /// points (`scheduler::slice`), at most the bound on one step between two, since the worker yields
 /// there. `None` before any measurement.
 pub fn judged_run(service: &ServiceTime, batches: bool) -> Option<Duration> {
-    let run = if batches {
-        service.per_request()
-    } else {
-        service.execution_bound()
-    };
+    let run = service.expected_run(batches, 1);
     match (run, service.step_bound()) {
         (Some(run), Some(step)) => Some(run.min(step)),
         (run, step) => run.or(step),
