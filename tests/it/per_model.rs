@@ -74,7 +74,13 @@ fn a_model_on_its_limits_is_refused_with_a_hint_and_never_crowds_out_another() {
 #[test]
 fn a_models_deadline_applies_to_its_requests_and_caps_theirs() {
     let (_repo, models) = repository("deadline", "other", "deadline_ms = 1\n");
-    let server = TestServer::serving(models, |c| c.workers = 1);
+    // No worker time slice: its margin (half a millisecond by default) would leave other's 1 ms
+    // deadline too little room to be admitted at all on a busy machine; this is about expiry in
+    // the queue.
+    let server = TestServer::serving(models, |c| {
+        c.workers = 1;
+        c.worker_yield = None;
+    });
     let mut raw = Raw::ready(server.addr);
     let x = digits_input();
     let before = server.handle.scheduler_stats();
