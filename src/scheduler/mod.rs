@@ -943,7 +943,7 @@ fn timed(
 }
 
 /// Calls `run` with the worker's pause points if an execution of `model` expected to take `expected`
-/// should have them ([`slice`]), and records its longest step.
+/// should have them ([`slice`]), and records its longest step if it measured it.
 fn with_pauses<R>(
     model: &ServedModel,
     expected: Option<Duration>,
@@ -953,7 +953,7 @@ fn with_pauses<R>(
     if !slice.pauses(expected) {
         return run(None);
     }
-    slice.begin_execution();
+    slice.begin_execution(model.service.step_samples());
     let result = run(Some(&mut || slice.pause_point()));
     if let Some(step) = slice.end_execution() {
         model.service.record_step(step);

@@ -67,8 +67,10 @@ pub struct ServiceTime {
     execution: Estimate,
     rows_scaled: AtomicU64,
     /// The longest stretch between two pause points within one execution (one operator of the
-    /// plan), for executions run with pause points ([`crate::scheduler`]'s time slice).
+    /// plan) on the worker's CPU, for executions run with pause points that measured it
+    /// ([`crate::scheduler`]'s time slice), and how many did.
     step: Estimate,
+    step_samples: AtomicU64,
 }
 
 impl ServiceTime {
@@ -90,6 +92,12 @@ impl ServiceTime {
     /// Adds the longest step of one execution run with pause points.
     pub fn record_step(&self, longest: Duration) {
         self.step.record(longest);
+        self.step_samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many executions have recorded their longest step.
+    pub fn step_samples(&self) -> u64 {
+        self.step_samples.load(Ordering::Relaxed)
     }
 
     /// How long the worker may run one operator of this model without reaching a pause point: the
