@@ -16,10 +16,10 @@
 //! ppocr-cls operator of ~170 µs that another process preempted for 5 ms (or whose vCPU the host
 //! stole) is not a 5 ms operator, and timed by the wall clock it counted as one, which put `auto`
 //! back to preempting I/O on a busy machine. That clock is a system call (~0.6 µs here, against
-//! ~20 ns for the wall clock) per operator, so steps are measured on a sample of executions: every execution
-//! until the model has [`WARM_SAMPLES`] of them (its warm-up runs first), then one in
-//! [`MEASURE_EVERY`] of this worker's executions with pause points. A model's operators are the
-//! same from one run to the next, so a sample follows them; the others pay no clock at all.
+//! ~20 ns for the wall clock) per operator, so steps are measured on a sample of executions:
+//! every execution until the model has [`WARM_SAMPLES`] of them (its warm-up runs first), then one
+//! in [`MEASURE_EVERY`] of this worker's executions with pause points. A model's operators are the
+//! same from one run to the next, so a sample follows them; the others read no CPU clock at all.
 
 use std::time::{Duration, Instant};
 

@@ -158,8 +158,9 @@ fn auto_batches_io_while_no_operator_outlasts_the_slice_and_preempts_once_one_do
     // ppocr-cls runs for milliseconds, but in operators of a fraction of one, and the worker yields
     // between two once its slice is used up: a frame waits for the slice, not for a whole run. Two
     // of auto's decisions later the I/O threads still do not preempt. (A few requests first: the
-    // longest operator is a moving estimate, and its first samples, from the warm-up runs, may
-    // have been stretched by other tests sharing the CPUs.)
+    // longest operator is a moving estimate, timed on the worker's CPU in the model's first
+    // executions and then in a sample of them, and the warm-up runs', with caches shared with
+    // other tests, may have run slow.)
     copy_dir(&models_dir().join("ppocr-cls/1"), &root.join("ppocr-cls/1"));
     wait_for(&lines, "loaded ppocr-cls v1", limit);
     let client = BlockingClient::connect(addr, ClientOptions::default()).unwrap();
