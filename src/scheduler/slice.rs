@@ -102,7 +102,8 @@ impl TimeSlice {
     /// The execution has ended: its last operator ran from the last point to now. Returns its
     /// longest step on the CPU if it measured them (`None` otherwise, or without a point).
     pub fn end_execution(&mut self) -> Option<Duration> {
-        if self.measuring && self.last_cpu.is_some() {
+        // A CPU clock reading is kept only while measuring.
+        if self.last_cpu.is_some() {
             self.step_to(thread_cpu());
         }
         self.measuring = false;
